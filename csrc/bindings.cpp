@@ -1,0 +1,45 @@
+// Registers the window ops with the PyTorch dispatcher (schemas, CPU and CUDA kernels)
+// and makes featup_mmseg._ext an importable Python module. Fake (meta) kernels and
+// autograd formulas are registered from Python in featup_mmseg/ops/window_ops.py.
+#include <torch/extension.h>
+#include <torch/library.h>
+
+#include "window_ops.h"
+
+TORCH_LIBRARY(featup_mmseg, m) {
+  m.def("window_correlation(Tensor keys, int kernel_size, str padding_mode) -> Tensor");
+  m.def(
+      "window_correlation_backward(Tensor grad, Tensor keys, int kernel_size, str padding_mode)"
+      " -> Tensor");
+  m.def("adaptive_conv(Tensor features, Tensor kernel, str padding_mode) -> Tensor");
+  m.def("adaptive_conv_backward_features(Tensor grad, Tensor kernel, str padding_mode) -> Tensor");
+  m.def(
+      "adaptive_conv_backward_kernel(Tensor grad, Tensor features, int kernel_size,"
+      " str padding_mode) -> Tensor");
+}
+
+#define FEATUP_REGISTER_WINDOW_OPS(m)                                                    \
+  m.impl("window_correlation", &featup_mmseg::window_correlation);                       \
+  m.impl("window_correlation_backward", &featup_mmseg::window_correlation_backward);     \
+  m.impl("adaptive_conv", &featup_mmseg::adaptive_conv);                                 \
+  m.impl("adaptive_conv_backward_features", &featup_mmseg::adaptive_conv_backward_features); \
+  m.impl("adaptive_conv_backward_kernel", &featup_mmseg::adaptive_conv_backward_kernel)
+
+TORCH_LIBRARY_IMPL(featup_mmseg, CPU, m) { FEATUP_REGISTER_WINDOW_OPS(m); }
+
+#ifdef WITH_CUDA
+TORCH_LIBRARY_IMPL(featup_mmseg, CUDA, m) { FEATUP_REGISTER_WINDOW_OPS(m); }
+#endif
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
+  module.def(
+      "compiled_with_cuda",
+      [] {
+#ifdef WITH_CUDA
+        return true;
+#else
+        return false;
+#endif
+      },
+      "Whether the CUDA kernels were compiled into this build.");
+}

@@ -1,0 +1,49 @@
+// Device-independent entry points of the window ops (window_ops.cpp) and the
+// per-device launchers they call (cpu/, cuda/). Launchers receive contiguous inputs
+// of one floating dtype on one device and a preallocated output.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include "common/window_indexing.h"
+
+namespace featup_mmseg {
+
+// Ops registered with the dispatcher (schemas in bindings.cpp).
+at::Tensor window_correlation(const at::Tensor& keys, int64_t kernel_size,
+                              c10::string_view padding_mode);
+at::Tensor window_correlation_backward(const at::Tensor& grad, const at::Tensor& keys,
+                                       int64_t kernel_size, c10::string_view padding_mode);
+at::Tensor adaptive_conv(const at::Tensor& features, const at::Tensor& kernel,
+                         c10::string_view padding_mode);
+at::Tensor adaptive_conv_backward_features(const at::Tensor& grad, const at::Tensor& kernel,
+                                           c10::string_view padding_mode);
+at::Tensor adaptive_conv_backward_kernel(const at::Tensor& grad, const at::Tensor& features,
+                                         int64_t kernel_size, c10::string_view padding_mode);
+
+// out[b, p, y, x] = sum_c a[b, c, y, x] * b~[b, c, y + i - r, x + j - r]
+void window_correlate_cpu(const at::Tensor& a, const at::Tensor& b, at::Tensor& out,
+                          const WindowGeometry& g);
+// out[b, c, y, x] = sum_p kernel[b, p, y, x] * values~[b, c, y + i - r, x + j - r]
+void window_aggregate_cpu(const at::Tensor& kernel, const at::Tensor& values, at::Tensor& out,
+                          const WindowGeometry& g);
+// out = adjoint of window_aggregate w.r.t. values, applied to a
+void window_aggregate_adjoint_cpu(const at::Tensor& kernel, const at::Tensor& a,
+                                  at::Tensor& out, const WindowGeometry& g);
+// out = window_aggregate(grad, keys) + window_aggregate_adjoint(grad, keys):
+// the gradient of window_correlate(keys, keys), accumulated once in opmath precision.
+void window_correlation_backward_cpu(const at::Tensor& grad, const at::Tensor& keys,
+                                     at::Tensor& out, const WindowGeometry& g);
+
+#ifdef WITH_CUDA
+void window_correlate_cuda(const at::Tensor& a, const at::Tensor& b, at::Tensor& out,
+                           const WindowGeometry& g);
+void window_aggregate_cuda(const at::Tensor& kernel, const at::Tensor& values, at::Tensor& out,
+                           const WindowGeometry& g);
+void window_aggregate_adjoint_cuda(const at::Tensor& kernel, const at::Tensor& a,
+                                   at::Tensor& out, const WindowGeometry& g);
+void window_correlation_backward_cuda(const at::Tensor& grad, const at::Tensor& keys,
+                                      at::Tensor& out, const WindowGeometry& g);
+#endif
+
+}  // namespace featup_mmseg

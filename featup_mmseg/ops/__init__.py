@@ -1,0 +1,8 @@
+"""Window ops of featup_mmseg: compiled kernels with a pure-PyTorch reference fallback."""
+from .reference import adaptive_conv_reference, window_correlation_reference
+from .window_ops import PADDING_MODES, adaptive_conv, ext_available, window_correlation
+
+__all__ = [
+    'PADDING_MODES', 'adaptive_conv', 'adaptive_conv_reference', 'ext_available',
+    'window_correlation', 'window_correlation_reference'
+]

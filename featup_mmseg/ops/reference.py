@@ -1,0 +1,38 @@
+"""Pure-PyTorch reference of the window ops (spec section 1).
+
+Written the obvious way, with an explicit padded copy and ``F.unfold``: it is the test
+oracle for the compiled kernels and the fallback when ``featup_mmseg._ext`` is not built.
+It materialises a (B, C, k*k, H, W) tensor, so it is slow and memory-hungry by design.
+"""
+import math
+
+import torch
+import torch.nn.functional as F
+
+_TORCH_PAD_MODES = {'reflect': 'reflect', 'replicate': 'replicate', 'zeros': 'constant'}
+
+
+def window_patches(x: torch.Tensor, kernel_size: int, padding_mode: str) -> torch.Tensor:
+    """Every k x k window of ``x`` (B, C, H, W) as a (B, C, k*k, H, W) tensor.
+
+    Tap p = i*k + j of the window at (y, x) holds x~[y + i - r, x + j - r], where x~ is
+    ``x`` extended beyond its borders according to ``padding_mode``.
+    """
+    batch, channels, height, width = x.shape
+    radius = kernel_size // 2
+    padded = F.pad(x, [radius] * 4, mode=_TORCH_PAD_MODES[padding_mode])
+    patches = F.unfold(padded, kernel_size)
+    return patches.view(batch, channels, kernel_size * kernel_size, height, width)
+
+
+def window_correlation_reference(q: torch.Tensor, kernel_size: int = 7,
+                                 padding_mode: str = 'reflect') -> torch.Tensor:
+    """logits[b, p, y, x] = sum_d q[b, d, y, x] * q~[b, d, y + i - r, x + j - r]."""
+    return (window_patches(q, kernel_size, padding_mode) * q.unsqueeze(2)).sum(1)
+
+
+def adaptive_conv_reference(x: torch.Tensor, kernel: torch.Tensor,
+                            padding_mode: str = 'reflect') -> torch.Tensor:
+    """out[b, c, y, x] = sum_p kernel[b, p, y, x] * x~[b, c, y + i - r, x + j - r]."""
+    kernel_size = math.isqrt(kernel.shape[1])
+    return (window_patches(x, kernel_size, padding_mode) * kernel.unsqueeze(1)).sum(2)

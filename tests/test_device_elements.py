@@ -1,0 +1,70 @@
+"""The CUDA kernels' per-element math, compiled for the host and checked against autograd
+of the reference ops, so that it is tested on machines without a GPU as well."""
+import ctypes
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+from featup_mmseg.ops import PADDING_MODES, adaptive_conv_reference, window_correlation_reference
+
+ROOT = Path(__file__).resolve().parents[1]
+MODES = {'zeros': 0, 'reflect': 1, 'replicate': 2}  # featup_mmseg::PaddingMode
+
+
+@pytest.fixture(scope='module')
+def host_kernels(tmp_path_factory):
+    compiler = shutil.which('c++') or shutil.which('g++')
+    if compiler is None:
+        pytest.skip('no C++ compiler')
+    library = tmp_path_factory.mktemp('host_kernels') / 'window_elements_host.so'
+    subprocess.run([
+        compiler, '-O1', '-shared', '-fPIC', '-std=c++17', f'-I{ROOT / "csrc"}',
+        str(ROOT / 'tests' / 'csrc' / 'window_elements_host.cpp'), '-o', str(library)
+    ], check=True)
+    return ctypes.CDLL(str(library))
+
+
+def _run(host_kernels, name, lhs, rhs, out_shape, kernel_size, padding_mode):
+    lhs, rhs = lhs.contiguous(), rhs.contiguous()
+    out = torch.empty(out_shape, dtype=torch.float64)
+    pointer = ctypes.c_void_p
+    getattr(host_kernels, name)(
+        pointer(lhs.data_ptr()), pointer(rhs.data_ptr()), pointer(out.data_ptr()),
+        ctypes.c_int64(out.numel()), ctypes.c_int64(rhs.shape[1]), ctypes.c_int64(rhs.shape[2]),
+        ctypes.c_int64(rhs.shape[3]), ctypes.c_int64(kernel_size // 2),
+        ctypes.c_int(MODES[padding_mode]))
+    return out
+
+
+@pytest.mark.parametrize('padding_mode', PADDING_MODES)
+@pytest.mark.parametrize('shape', [(2, 3, 9, 13, 3), (1, 2, 5, 6, 7), (2, 2, 4, 4, 7),
+                                   (1, 1, 1, 3, 5), (2, 3, 11, 8, 5)], ids=str)
+def test_device_element_math_matches_reference(host_kernels, padding_mode, shape):
+    batch, channels, height, width, k = shape
+    if padding_mode == 'reflect' and k // 2 >= min(height, width):
+        pytest.skip('window too large for reflect padding')
+    x = torch.randn(batch, channels, height, width, dtype=torch.float64, requires_grad=True)
+    kernel = torch.randn(batch, k * k, height, width, dtype=torch.float64, requires_grad=True)
+    grad_out = torch.randn(batch, channels, height, width, dtype=torch.float64)
+    grad_logits = torch.randn(batch, k * k, height, width, dtype=torch.float64)
+
+    out = adaptive_conv_reference(x, kernel, padding_mode)
+    grad_x, grad_kernel = torch.autograd.grad(out, (x, kernel), grad_out)
+    logits = window_correlation_reference(x, k, padding_mode)
+    grad_keys, = torch.autograd.grad(logits, x, grad_logits)
+
+    x, kernel = x.detach(), kernel.detach()
+    checks = {
+        'window_aggregate': (kernel, x, out),
+        'window_aggregate_adjoint': (kernel, grad_out, grad_x),
+        'window_correlate': (grad_out, x, grad_kernel),
+        'window_correlation_backward': (grad_logits, x, grad_keys),
+    }
+    for name, (lhs, rhs, expected) in checks.items():
+        got = _run(host_kernels, name, lhs, rhs, expected.shape, k, padding_mode)
+        torch.testing.assert_close(got, expected.detach(), rtol=1e-12, atol=1e-12, msg=name)
+    got = _run(host_kernels, 'window_correlate', x, x, logits.shape, k, padding_mode)
+    torch.testing.assert_close(got, logits.detach(), rtol=1e-12, atol=1e-12)

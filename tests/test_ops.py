@@ -1,0 +1,318 @@
+"""Compiled window ops against the spec's formulas (the unfold reference), on CPU and CUDA."""
+import itertools
+import os
+import subprocess
+import sys
+import zlib
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from featup_mmseg.ops import (PADDING_MODES, adaptive_conv, adaptive_conv_reference,
+                              ext_available, window_correlation, window_correlation_reference)
+
+CUDA = pytest.param('cuda', marks=pytest.mark.skipif(not torch.cuda.is_available(),
+                                                      reason='no CUDA device'))
+DEVICES = ['cpu', CUDA]
+HALF_TYPES = [torch.float16, torch.bfloat16]
+
+
+def test_extension_is_built():
+    # Every other test here would silently exercise the reference without it.
+    assert ext_available()
+    assert ext_available('cpu')
+
+
+# ----------------------------------------------------------------------------------------
+# gradients: float64 gradcheck of every input, every padding mode
+
+@pytest.mark.parametrize('kernel_size', [3, 5, 7])
+@pytest.mark.parametrize('padding_mode', PADDING_MODES)
+def test_window_correlation_gradcheck(kernel_size, padding_mode):
+    keys = torch.randn(2, 3, 6, 5, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(
+        lambda q: window_correlation(q, kernel_size, padding_mode), (keys,))
+
+
+@pytest.mark.parametrize('kernel_size', [3, 5, 7])
+@pytest.mark.parametrize('padding_mode', PADDING_MODES)
+def test_adaptive_conv_gradcheck(kernel_size, padding_mode):
+    x = torch.randn(2, 2, 5, 6, dtype=torch.float64, requires_grad=True)
+    kernel = torch.randn(2, kernel_size**2, 5, 6, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(
+        lambda a, b: adaptive_conv(a, b, padding_mode), (x, kernel))
+
+
+def test_every_tap_receives_kernel_gradient():
+    # FeatUp's CUDA kernel only ever updates taps 0, 1, 4, 9, 16, 25, 36 (spec section 1).
+    x = torch.randn(1, 4, 12, 12, dtype=torch.float64)
+    kernel = torch.randn(1, 49, 12, 12, dtype=torch.float64, requires_grad=True)
+    adaptive_conv(x, kernel).square().sum().backward()
+    assert (kernel.grad.abs().amax(dim=(0, 2, 3)) > 0).all()
+    expected, = torch.autograd.grad(adaptive_conv_reference(x, kernel).square().sum(), kernel)
+    torch.testing.assert_close(kernel.grad, expected, rtol=1e-12, atol=1e-12)
+
+
+# ----------------------------------------------------------------------------------------
+# agreement with the reference on random shapes and dtypes
+
+def _bilinear_outputs(op, inputs, grad_out):
+    """op(*inputs) and its gradients for every input, given the output gradient."""
+    inputs = [t.detach().requires_grad_() for t in inputs]
+    out = op(*inputs)
+    grads = torch.autograd.grad(out, inputs, grad_out)
+    return [out.detach(), *grads]
+
+
+def _assert_matches_exact(op, reference, inputs, grad_out):
+    """Compares op in the inputs' dtype with the float64 reference on the same values.
+
+    Both ops are bilinear, so |result| <= reference(|inputs|) elementwise for the output
+    and every gradient: rounding in the inputs' dtype, with float accumulation, stays
+    within a few eps of that magnitude (plus the dtype's smallest normal, for results
+    that underflow).
+    """
+    finfo = torch.finfo(inputs[0].dtype)
+    got = _bilinear_outputs(op, inputs, grad_out)
+    exact = _bilinear_outputs(reference, [t.double() for t in inputs], grad_out.double())
+    bound = _bilinear_outputs(reference, [t.double().abs() for t in inputs],
+                              grad_out.double().abs())
+    for name, g, e, b in zip(['output', *[f'grad[{i}]' for i in range(len(inputs))]], got,
+                             exact, bound):
+        assert g.dtype == inputs[0].dtype and g.shape == e.shape, name
+        err = (g.double() - e).abs()
+        limit = 4 * finfo.eps * b + finfo.tiny
+        assert (err <= limit).all(), f'{name}: max error {err.max():.3g}, ' \
+            f'worst ratio {(err / limit).max():.3g}'
+
+
+SHAPES = [  # (B, C, H, W, k)
+    (2, 3, 9, 13, 3), (3, 16, 17, 10, 5), (2, 8, 24, 31, 7), (1, 5, 4, 4, 7),
+    (2, 4, 11, 7, 9), (4, 1, 8, 8, 1),
+]
+
+
+@pytest.mark.parametrize('device', DEVICES)
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64, *HALF_TYPES])
+@pytest.mark.parametrize('shape', SHAPES, ids=str)
+@pytest.mark.parametrize('padding_mode', PADDING_MODES)
+def test_matches_reference(device, dtype, shape, padding_mode):
+    batch, channels, height, width, kernel_size = shape
+    if padding_mode == 'reflect' and kernel_size // 2 >= min(height, width):
+        pytest.skip('window too large for reflect padding')
+    gen = torch.Generator().manual_seed(zlib.crc32(repr((shape, padding_mode)).encode()))
+
+    def rand(*size):
+        return torch.randn(*size, generator=gen).to(device=device, dtype=dtype)
+
+    keys = rand(batch, channels, height, width)
+    _assert_matches_exact(lambda q: window_correlation(q, kernel_size, padding_mode),
+                          lambda q: window_correlation_reference(q, kernel_size, padding_mode),
+                          [keys], rand(batch, kernel_size**2, height, width))
+    features, kernel = rand(batch, channels, height, width), rand(batch, kernel_size**2,
+                                                                  height, width)
+    _assert_matches_exact(lambda x, k: adaptive_conv(x, k, padding_mode),
+                          lambda x, k: adaptive_conv_reference(x, k, padding_mode),
+                          [features, kernel], rand(batch, channels, height, width))
+
+
+@pytest.mark.parametrize('device', DEVICES)
+def test_non_contiguous_inputs(device):
+    base = torch.randn(2, 20, 12, 16, dtype=torch.float64, device=device)
+    x = base[:, ::2].transpose(2, 3)  # strided channels, transposed plane
+    kernel = torch.randn(2, 25, 16, 12, dtype=torch.float64, device=device)
+    kernel = kernel.to(memory_format=torch.channels_last)
+    assert not x.is_contiguous() and not kernel.is_contiguous()
+    torch.testing.assert_close(adaptive_conv(x, kernel),
+                               adaptive_conv_reference(x.contiguous(), kernel.contiguous()))
+    torch.testing.assert_close(window_correlation(x, 5),
+                               window_correlation_reference(x.contiguous(), 5))
+    # gradients may arrive non-contiguous too
+    grad = torch.randn(2, 16, 12, 25, dtype=torch.float64, device=device).permute(0, 3, 1, 2)
+    q = x.detach().requires_grad_()
+    got, = torch.autograd.grad(window_correlation(q, 5), q, grad)
+    want, = torch.autograd.grad(window_correlation_reference(q, 5), q, grad)
+    torch.testing.assert_close(got, want)
+
+
+def test_empty_batch():
+    x = torch.randn(0, 3, 8, 8)
+    assert adaptive_conv(x, torch.randn(0, 9, 8, 8)).shape == (0, 3, 8, 8)
+    assert window_correlation(x, 3).shape == (0, 9, 8, 8)
+
+
+# ----------------------------------------------------------------------------------------
+# FeatUp's layout: pre-padded input, (B, H, W, k, k) kernel
+
+def _featup_adaptive_conv_loop(x_padded, kernel):
+    """FeatUp's AdaptiveConv definition, written as a plain loop over the taps."""
+    _, height, width, k, _ = kernel.shape
+    out = 0
+    for i, j in itertools.product(range(k), range(k)):
+        out = out + kernel[:, None, :, :, i, j] * x_padded[:, :, i:i + height, j:j + width]
+    return out
+
+
+@pytest.mark.parametrize('device', DEVICES)
+def test_featup_layout(device):
+    batch, channels, height, width, k = 2, 6, 10, 13, 7
+    x = torch.randn(batch, channels, height, width, dtype=torch.float64, device=device)
+    kernel = torch.randn(batch, k * k, height, width, dtype=torch.float64, device=device)
+    x_padded = F.pad(x, [k // 2] * 4, mode='reflect').requires_grad_()
+    kernel_featup = kernel.permute(0, 2, 3, 1).reshape(batch, height, width, k, k)
+    kernel_featup.requires_grad_()
+
+    out = adaptive_conv(x_padded, kernel_featup)
+    torch.testing.assert_close(out, adaptive_conv(x, kernel, 'reflect'), rtol=1e-12, atol=1e-12)
+    expected = _featup_adaptive_conv_loop(x_padded, kernel_featup)
+    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
+    grad = torch.randn_like(out)
+    got = torch.autograd.grad(out, (x_padded, kernel_featup), grad)
+    want = torch.autograd.grad(expected, (x_padded, kernel_featup), grad)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-12, atol=1e-12)
+
+
+# ----------------------------------------------------------------------------------------
+# tracing: torch.compile and torch.export
+
+def _jbu_like(q, x, temperature):
+    logits = window_correlation(q, 5)
+    kernel = torch.softmax(logits * temperature, dim=1)
+    return adaptive_conv(x, kernel)
+
+
+def test_torch_compile_fullgraph():
+    torch._dynamo.reset()
+    q = torch.randn(2, 8, 12, 10, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(2, 4, 12, 10, dtype=torch.float64, requires_grad=True)
+    temperature = torch.tensor(1.5, dtype=torch.float64, requires_grad=True)
+    compiled = torch.compile(_jbu_like, fullgraph=True)
+    out = compiled(q, x, temperature)
+    expected = _jbu_like(q, x, temperature)
+    torch.testing.assert_close(out, expected)
+    got = torch.autograd.grad(out.square().sum(), (q, x, temperature))
+    want = torch.autograd.grad(expected.square().sum(), (q, x, temperature))
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w)
+
+
+def test_torch_export():
+
+    class Module(torch.nn.Module):
+
+        def forward(self, q, x):
+            return _jbu_like(q, x, 2.0)
+
+    q, x = torch.randn(1, 8, 9, 9), torch.randn(1, 3, 9, 9)
+    exported = torch.export.export(Module(), (q, x))
+    targets = {str(node.target) for node in exported.graph.nodes}
+    assert 'featup_mmseg.window_correlation.default' in targets
+    assert 'featup_mmseg.adaptive_conv.default' in targets
+    torch.testing.assert_close(exported.module()(q, x), Module()(q, x))
+
+
+# ----------------------------------------------------------------------------------------
+# bad input
+
+BAD_INPUTS = [
+    (lambda: window_correlation(torch.randn(3, 8, 8)), ValueError, r'q must be a 4-D'),
+    (lambda: window_correlation(torch.randn(1, 2, 8, 8), 4), ValueError,
+     r'kernel_size must be a positive odd int, got 4'),
+    (lambda: window_correlation(torch.randn(1, 2, 3, 8), 7), ValueError,
+     r'reflect padding needs kernel_size // 2 < H and < W.*\(3, 8\)'),
+    (lambda: window_correlation(torch.randn(1, 2, 8, 8), 3, 'circular'), ValueError,
+     r"padding_mode must be one of .*'circular'"),
+    (lambda: window_correlation(torch.randint(0, 5, (1, 2, 8, 8))), ValueError,
+     r'q must be float32, float64, float16 or bfloat16, got torch.int64'),
+    (lambda: adaptive_conv(torch.randn(2, 3, 8, 8), torch.randn(2, 48, 8, 8)), ValueError,
+     r'kernel must have k\*k channels for an odd k .*got 48'),
+    (lambda: adaptive_conv(torch.randn(2, 3, 8, 8), torch.randn(2, 16, 8, 8)), ValueError,
+     r'kernel must have k\*k channels for an odd k .*got 16'),
+    (lambda: adaptive_conv(torch.randn(2, 3, 8, 8), torch.randn(1, 9, 8, 8)), ValueError,
+     r'kernel must have shape \(B, k\*k, H, W\) = \(2, k\*k, 8, 8\).*got \(1, 9, 8, 8\)'),
+    (lambda: adaptive_conv(torch.randn(2, 3, 8, 8), torch.randn(2, 9, 8, 7)), ValueError,
+     r'kernel must have shape \(B, k\*k, H, W\) = \(2, k\*k, 8, 8\).*got \(2, 9, 8, 7\)'),
+    (lambda: adaptive_conv(torch.randn(2, 3, 8, 8), torch.randn(2, 9, 8, 8).double()),
+     ValueError, r'kernel has dtype torch.float64 but x has torch.float32'),
+    (lambda: adaptive_conv(torch.randn(2, 3, 8, 8), torch.randn(2, 9, 8, 8, device='meta')),
+     ValueError, r'kernel is on meta but x is on cpu'),
+    (lambda: adaptive_conv(torch.randn(2, 3, 2, 8), torch.randn(2, 49, 2, 8)), ValueError,
+     r'reflect padding needs kernel_size // 2 < H'),
+    (lambda: adaptive_conv(torch.randn(2, 3, 8, 8), torch.randn(2, 8, 8, 7, 7)), ValueError,
+     r'x must be padded by k // 2 on each side.*\(2, 3, 14, 14\)'),
+    (lambda: adaptive_conv(torch.randn(2, 3, 8, 8), torch.randn(2, 8, 8, 3, 5)), ValueError,
+     r'a 5-D kernel must be \(B, H, W, k, k\) with odd k'),
+    (lambda: adaptive_conv([1.0], torch.randn(2, 9, 8, 8)), TypeError,
+     r'x must be a torch.Tensor, got list'),
+]
+
+
+@pytest.mark.parametrize('call, error, message', BAD_INPUTS)
+def test_bad_input_is_rejected_clearly(call, error, message):
+    with pytest.raises(error, match=message):
+        call()
+
+
+def test_dispatcher_ops_check_their_arguments():
+    # Direct torch.ops calls bypass the Python checks; the C++ checks still name the problem.
+    with pytest.raises(RuntimeError, match=r'kernel must have k\*k channels'):
+        torch.ops.featup_mmseg.adaptive_conv(torch.randn(1, 2, 8, 8), torch.randn(1, 8, 8, 8),
+                                             'reflect')
+    with pytest.raises(RuntimeError, match=r'reflect padding needs kernel_size // 2 < H'):
+        torch.ops.featup_mmseg.window_correlation(torch.randn(1, 2, 2, 8), 7, 'reflect')
+    with pytest.raises(RuntimeError, match=r'grad must have 9 channels'):
+        torch.ops.featup_mmseg.window_correlation_backward(
+            torch.randn(1, 8, 8, 8), torch.randn(1, 2, 8, 8), 3, 'zeros')
+
+
+# ----------------------------------------------------------------------------------------
+# fallback when the extension is absent
+
+FALLBACK_SCRIPT = r'''
+import sys, warnings
+sys.modules['featup_mmseg._ext'] = None  # makes `from featup_mmseg import _ext` fail
+import torch
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter('always')
+    from featup_mmseg import ops
+    x, k = torch.randn(2, 3, 9, 8), torch.softmax(torch.randn(2, 25, 9, 8), 1)
+    out = ops.adaptive_conv(x, k)
+    logits = ops.window_correlation(x, 5)
+messages = [str(w.message) for w in caught if 'featup_mmseg._ext' in str(w.message)]
+assert len(messages) == 1, messages
+assert 'pure-PyTorch reference' in messages[0]
+assert not ops.ext_available() and not ops.ext_available('cpu')
+torch.testing.assert_close(out, ops.adaptive_conv_reference(x, k))
+torch.testing.assert_close(logits, ops.window_correlation_reference(x, 5))
+print('fallback ok')
+'''
+
+
+def test_fallback_without_extension():
+    result = subprocess.run([sys.executable, '-c', FALLBACK_SCRIPT], capture_output=True,
+                            text=True, env={**os.environ, 'PYTHONWARNINGS': 'default'})
+    assert result.returncode == 0, result.stderr
+    assert 'fallback ok' in result.stdout
+
+
+# ----------------------------------------------------------------------------------------
+# CUDA against CPU (runs only where a GPU is present)
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='no CUDA device')
+@pytest.mark.parametrize('padding_mode', PADDING_MODES)
+def test_cuda_gradcheck_and_matches_cpu(padding_mode):
+    assert ext_available('cuda')
+    x = torch.randn(2, 3, 7, 9, dtype=torch.float64, device='cuda', requires_grad=True)
+    kernel = torch.randn(2, 25, 7, 9, dtype=torch.float64, device='cuda', requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, b: adaptive_conv(a, b, padding_mode), (x, kernel))
+    assert torch.autograd.gradcheck(lambda q: window_correlation(q, 5, padding_mode), (x,))
+    cases = [(lambda a, b: adaptive_conv(a, b, padding_mode), [x, kernel]),
+             (lambda q: window_correlation(q, 5, padding_mode), [x])]
+    for op, inputs in cases:
+        grad_out = torch.randn_like(op(*inputs))
+        on_cuda = _bilinear_outputs(op, inputs, grad_out)
+        on_cpu = _bilinear_outputs(op, [t.cpu() for t in inputs], grad_out.cpu())
+        for a, b in zip(on_cuda, on_cpu):
+            torch.testing.assert_close(a.cpu(), b, rtol=1e-12, atol=1e-12)
