@@ -26,11 +26,14 @@ install: $(EXT_STAMP)
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
+# Every later install is constrained by build.txt: torch alone would pull a setuptools
+# without pkg_resources, which mmcv's setup needs.
 $(DEPS_STAMP): $(wildcard requirements/*.txt) | $(PY)
 	$(PIP) install -r requirements/build.txt
-	$(PIP) install -r requirements/torch.txt
-	MMCV_WITH_OPS=1 $(PIP) install --no-build-isolation -r requirements/mmcv.txt
-	$(PIP) install -r requirements/runtime.txt -r requirements/tests.txt
+	$(PIP) install -c requirements/build.txt -r requirements/torch.txt
+	MMCV_WITH_OPS=1 $(PIP) install -c requirements/build.txt --no-build-isolation \
+		-r requirements/mmcv.txt
+	$(PIP) install -c requirements/build.txt -r requirements/runtime.txt -r requirements/tests.txt
 	touch $@
 
 $(EXT_STAMP): $(DEPS_STAMP) $(EXT_SOURCES)
