@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from featup_mmseg.ops import (PADDING_MODES, adaptive_conv, adaptive_conv_reference,
-                              ext_available, window_correlation, window_correlation_reference)
+                              ext_available, use_reference_ops, window_correlation,
+                              window_correlation_reference)
 
 CUDA = pytest.param('cuda', marks=pytest.mark.skipif(not torch.cuda.is_available(),
                                                       reason='no CUDA device'))
@@ -316,3 +317,19 @@ def test_cuda_gradcheck_and_matches_cpu(padding_mode):
         on_cpu = _bilinear_outputs(op, [t.cpu() for t in inputs], grad_out.cpu())
         for a, b in zip(on_cuda, on_cpu):
             torch.testing.assert_close(a.cpu(), b, rtol=1e-12, atol=1e-12)
+
+
+def test_use_reference_ops_switches_implementation(monkeypatch):
+    calls = []
+    real_unfold = F.unfold
+    monkeypatch.setattr(F, 'unfold', lambda *a, **k: calls.append(1) or real_unfold(*a, **k))
+    x, kernel = torch.randn(1, 2, 6, 6), torch.randn(1, 9, 6, 6)
+    compiled = adaptive_conv(x, kernel)
+    assert not calls
+    with use_reference_ops():
+        reference = adaptive_conv(x, kernel)
+    assert calls
+    torch.testing.assert_close(compiled, reference)
+    calls.clear()
+    adaptive_conv(x, kernel)
+    assert not calls

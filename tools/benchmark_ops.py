@@ -1,42 +1,43 @@
-"""Benchmark the compiled window ops against the unfold reference, measured in one run.
+"""Benchmark the compiled window ops and the JBU modules against the unfold reference.
 
-For each op and shape it prints forward time, backward time (gradients of every input)
-and peak extra memory of forward+backward for the compiled op and for the pure-PyTorch
-unfold reference, then their ratios. On CUDA it also prints the achieved bandwidth as a
-fraction of a device-to-device copy timed in the same run.
+For each case it prints forward time, backward time (gradients of every input and
+parameter) and peak extra memory of forward+backward, for the compiled ops and for the
+pure-PyTorch unfold reference (featup_mmseg.ops.use_reference_ops) measured in the same
+run, then their ratios. Cases: the two ops at the shapes below, FeatUp's JBU stack
+(B=1, C=384, 14 -> 224) and one JBU stage (B=2, C=256, 64 -> 128, 256-channel guidance).
+On CUDA it also prints the ops' achieved bandwidth as a fraction of a device-to-device
+copy timed in the same run.
 
 CPU memory is the rise of the process's peak resident set (VmHWM) above the inputs, each
 measurement in a fresh process; CUDA memory is torch.cuda.max_memory_allocated above the
-inputs. On CPU, shapes whose reference would not fit --reference-budget-gb are scaled
+inputs. On CPU, op shapes whose reference would not fit --reference-budget-gb are scaled
 down (batch first, then spatial size), and the table says so.
 
     python tools/benchmark_ops.py                   # CPU, and CUDA when available
     python tools/benchmark_ops.py --device cpu --quick
 """
 import argparse
+import contextlib
 import multiprocessing
-import os
 import statistics
 import time
 
 import torch
 
-from featup_mmseg.ops import (adaptive_conv, adaptive_conv_reference, ext_available,
-                              window_correlation, window_correlation_reference)
+from featup_mmseg.layers import JBUStack, JBUStage
+from featup_mmseg.ops import adaptive_conv, ext_available, use_reference_ops, window_correlation
 
-# (B, C, H, W, k) of the issue; window_correlation runs with D = 32 keys at the same sizes.
+# (B, C, H, W, k) of the ops; window_correlation runs with D = 32 keys at the same sizes.
 SHAPES = [(2, 256, 128, 128, 7), (1, 384, 224, 224, 7), (16, 2048, 32, 32, 5),
           (64, 16, 64, 64, 7)]
 QUICK_SHAPES = [(2, 64, 64, 64, 7)]
 KEY_DIM = 32
-
-IMPLS = {
-    'adaptive_conv': {'compiled': adaptive_conv, 'reference': adaptive_conv_reference},
-    'window_correlation': {
-        'compiled': window_correlation,
-        'reference': window_correlation_reference
-    },
+OPS = ('adaptive_conv', 'window_correlation')
+MODULES = {
+    'jbu_stack': 'B=1, C=384, 14 -> 224',
+    'jbu_stage': 'B=2, C=256, 64 -> 128, Cg=256',
 }
+TINY_CASE = ('adaptive_conv', (1, 1, 8, 8, 3))
 
 
 def op_shape(op, shape):
@@ -44,30 +45,46 @@ def op_shape(op, shape):
     return (batch, KEY_DIM if op == 'window_correlation' else channels, height, width, k)
 
 
-def make_inputs(op, shape, device, dtype=torch.float32):
-    """Inputs (requiring grad), extra positional args and the output gradient."""
-    batch, channels, height, width, k = shape
+def make_case(name, shape, device):
+    """(forward, backward, inputs) of one case; backward(out) fills every gradient."""
     gen = torch.Generator().manual_seed(0)
 
-    def rand(*size):
-        return torch.randn(*size, generator=gen, dtype=dtype).to(device).requires_grad_()
+    def rand(*size, grad=True):
+        return torch.randn(*size, generator=gen).to(device).requires_grad_(grad)
 
-    if op == 'adaptive_conv':
-        inputs = [rand(batch, channels, height, width), rand(batch, k * k, height, width)]
-        return inputs, (), rand(batch, channels, height, width).detach()
-    return [rand(batch, channels, height, width)], (k, ), rand(batch, k * k, height,
-                                                              width).detach()
+    if name in OPS:
+        batch, channels, height, width, k = shape
+        if name == 'adaptive_conv':
+            inputs = [rand(batch, channels, height, width), rand(batch, k * k, height, width)]
+            forward = lambda: adaptive_conv(*inputs)  # noqa: E731
+            out_shape = (batch, channels, height, width)
+        else:
+            inputs = [rand(batch, channels, height, width)]
+            forward = lambda: window_correlation(inputs[0], k)  # noqa: E731
+            out_shape = (batch, k * k, height, width)
+    elif name == 'jbu_stack':
+        module = JBUStack(384).to(device)
+        inputs = [rand(1, 384, 14, 14), rand(1, 3, 224, 224, grad=False)]
+        forward = lambda: module(*inputs)  # noqa: E731
+        out_shape = (1, 384, 224, 224)
+    else:
+        module = JBUStage(guidance_dim=256).to(device)
+        inputs = [rand(2, 256, 64, 64), rand(2, 256, 128, 128)]
+        forward = lambda: module(*inputs)  # noqa: E731
+        out_shape = (2, 256, 128, 128)
+    grad_out = rand(*out_shape, grad=False)
+    return forward, lambda out: out.backward(grad_out), inputs
 
 
-def reference_bytes(op, shape):
-    """Rough peak of the unfold reference: patches, their product, and the backward."""
+def reference_bytes(shape):
+    """Rough peak of an unfold-reference op: patches, their product, and the backward."""
     batch, channels, height, width, k = shape
     return 3 * batch * channels * k * k * height * width * 4
 
 
-def scale_to_budget(op, shape, budget_bytes):
+def scale_to_budget(shape, budget_bytes):
     batch, channels, height, width, k = shape
-    while reference_bytes(op, (batch, channels, height, width, k)) > budget_bytes:
+    while reference_bytes((batch, channels, height, width, k)) > budget_bytes:
         if batch > 1:
             batch //= 2
         else:
@@ -86,55 +103,44 @@ def _proc_status_kib(field):
     raise RuntimeError(f'{field} not in /proc/self/status')
 
 
-def _synchronize(device):
-    if device == 'cuda':
-        torch.cuda.synchronize()
-
-
 def _time_ms(device, fn, setup=None):
     """Wall time of fn() in ms; setup() runs untimed before it and feeds it."""
     arg = setup() if setup else None
-    _synchronize(device)
+    if device == 'cuda':
+        torch.cuda.synchronize()
     start = time.perf_counter()
     fn(arg) if setup else fn()
-    _synchronize(device)
+    if device == 'cuda':
+        torch.cuda.synchronize()
     return (time.perf_counter() - start) * 1e3
 
 
-def measure(op, impl, shape, device, repeats):
-    """Forward ms, backward ms and peak extra MiB of one implementation."""
-    fn = IMPLS[op][impl]
-    inputs, args, grad_out = make_inputs(op, shape, device)
-
-    def forward():
-        return fn(*inputs, *args)
-
-    def backward(out):
-        torch.autograd.grad(out, inputs, grad_out)
-
-    if device == 'cuda':
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-        backward(forward())
-        torch.cuda.synchronize()
-        peak_mib = (torch.cuda.max_memory_allocated() - base) / 2**20
-    else:
-        # Warm up thread pools and lazy initialisation on a tiny input, which leaves no
-        # sizeable memory cached in the heap.
-        tiny_inputs, tiny_args, tiny_grad = make_inputs(op, (1, 1, 8, 8, shape[-1]), device)
-        torch.autograd.grad(fn(*tiny_inputs, *tiny_args), tiny_inputs, tiny_grad)
-        with open('/proc/self/clear_refs', 'w') as f:
-            f.write('5')  # reset the peak resident set to the current one
-        base = _proc_status_kib('VmRSS')
-        backward(forward())
-        peak_mib = (_proc_status_kib('VmHWM') - base) / 1024
-
-    warmup = 3 if device == 'cuda' else 0  # the memory run above warmed up the CPU path
-    for _ in range(warmup):
-        backward(forward())
-    fwd = statistics.median(_time_ms(device, forward) for _ in range(repeats))
-    bwd = statistics.median(_time_ms(device, backward, setup=forward) for _ in range(repeats))
+def measure(name, shape, impl, device, repeats):
+    """Forward ms, backward ms and peak extra MiB of one implementation of one case."""
+    with use_reference_ops() if impl == 'reference' else contextlib.nullcontext():
+        if device == 'cpu':
+            # Warm up thread pools and lazy initialisation on a tiny case, which leaves no
+            # sizeable memory cached in the heap.
+            tiny_forward, tiny_backward, _ = make_case(*TINY_CASE, device)
+            tiny_backward(tiny_forward())
+        forward, backward, inputs = make_case(name, shape, device)
+        if device == 'cuda':
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated()
+            backward(forward())
+            torch.cuda.synchronize()
+            peak_mib = (torch.cuda.max_memory_allocated() - base) / 2**20
+            for _ in range(3):
+                backward(forward())
+        else:
+            with open('/proc/self/clear_refs', 'w') as f:
+                f.write('5')  # reset the peak resident set to the current one
+            base = _proc_status_kib('VmRSS')
+            backward(forward())
+            peak_mib = (_proc_status_kib('VmHWM') - base) / 1024
+        fwd = statistics.median(_time_ms(device, forward) for _ in range(repeats))
+        bwd = statistics.median(_time_ms(device, backward, setup=forward) for _ in range(repeats))
     return {'fwd_ms': fwd, 'bwd_ms': bwd, 'peak_mib': peak_mib}
 
 
@@ -157,7 +163,7 @@ def copy_gbps(device, numel):
 
 
 def traffic_bytes(op, shape):
-    """Minimal forward and backward traffic: every operand read or written once."""
+    """Minimal forward and backward traffic of an op: every operand read or written once."""
     batch, channels, height, width, k = shape
     plane = batch * height * width * 4
     if op == 'adaptive_conv':
@@ -172,68 +178,77 @@ def traffic_bytes(op, shape):
 # ----------------------------------------------------------------------------------------
 # report
 
-def run_device(device, shapes, repeats, budget_bytes):
+def run_case(name, shape, label, device, repeats, copy_bandwidth, note=''):
+    results = {}
+    for impl in ('compiled', 'reference'):
+        if device == 'cpu':
+            results[impl] = measure_in_fresh_process(name, shape, impl, device, repeats)
+        else:
+            results[impl] = measure(name, shape, impl, device, repeats)
+            torch.cuda.empty_cache()
+        row = results[impl]
+        print(f'{name:<19}{label:<30}{impl:<10}{row["fwd_ms"]:>10.2f}{row["bwd_ms"]:>10.2f}'
+              f'{row["peak_mib"]:>11.1f}', flush=True)
+    ours, ref = results['compiled'], results['reference']
+    print(f'{"":<49}{"ratio":<10}{ref["fwd_ms"] / ours["fwd_ms"]:>9.1f}x'
+          f'{ref["bwd_ms"] / ours["bwd_ms"]:>9.1f}x'
+          f'{ours["peak_mib"] / max(ref["peak_mib"], 1e-9):>10.3f}x{note}')
+    if copy_bandwidth and name in OPS:
+        fwd_bytes, bwd_bytes = traffic_bytes(name, shape)
+        print(f'{"":<49}compiled moves {fwd_bytes / ours["fwd_ms"] / 1e6:.0f} GB/s fwd '
+              f'({fwd_bytes / ours["fwd_ms"] / 1e6 / copy_bandwidth:.0%} of a device copy) '
+              f'and {bwd_bytes / ours["bwd_ms"] / 1e6:.0f} GB/s bwd '
+              f'({bwd_bytes / ours["bwd_ms"] / 1e6 / copy_bandwidth:.0%})')
+
+
+def run_device(device, shapes, modules, repeats, budget_bytes):
     print(f'\n== {device}: {torch.cuda.get_device_name() if device == "cuda" else "CPU"}, '
           f'torch {torch.__version__}, {torch.get_num_threads()} threads, compiled ops: '
           f'{ext_available(device)}, float32, times are medians of {repeats} ==')
-    header = (f'{"op":<19}{"shape (B,C,H,W,k)":<24}{"impl":<10}{"fwd ms":>10}{"bwd ms":>10}'
-              f'{"peak MiB":>11}')
+    print('ratio: speed-up of compiled over reference (fwd, bwd), and compiled peak memory '
+          'as a fraction of the reference\'s')
+    copy_bandwidth = None
     if device == 'cuda':
-        header += f'{"fwd GB/s":>10}{"bwd GB/s":>10}'
-    print(header)
-    copy = None
-    for op in IMPLS:
+        copy_bandwidth = copy_gbps(device, 256 * 2**20)
+        print(f'device-to-device copy: {copy_bandwidth:.0f} GB/s')
+    print(f'{"case":<19}{"shape":<30}{"impl":<10}{"fwd ms":>10}{"bwd ms":>10}{"peak MiB":>11}')
+    for op in OPS:
         for requested in shapes:
             shape = op_shape(op, requested)
             if device == 'cpu':
-                shape = scale_to_budget(op, shape, budget_bytes)
-            results = {}
-            for impl in ('compiled', 'reference'):
-                if device == 'cpu':
-                    results[impl] = measure_in_fresh_process(op, impl, shape, device, repeats)
-                else:
-                    results[impl] = measure(op, impl, shape, device, repeats)
-                    torch.cuda.empty_cache()
-                row = results[impl]
-                line = (f'{op:<19}{str(shape):<24}{impl:<10}{row["fwd_ms"]:>10.2f}'
-                        f'{row["bwd_ms"]:>10.2f}{row["peak_mib"]:>11.1f}')
-                if device == 'cuda':
-                    fwd_bytes, bwd_bytes = traffic_bytes(op, shape)
-                    line += (f'{fwd_bytes / row["fwd_ms"] / 1e6:>10.0f}'
-                             f'{bwd_bytes / row["bwd_ms"] / 1e6:>10.0f}')
-                print(line, flush=True)
-            ours, ref = results['compiled'], results['reference']
+                shape = scale_to_budget(shape, budget_bytes)
             note = '' if shape == op_shape(op, requested) else \
-                f'  (scaled down from {op_shape(op, requested)}: reference too large)'
-            print(f'{"":<19}{"":<24}{"ratio":<10}'
-                  f'{ref["fwd_ms"] / ours["fwd_ms"]:>9.1f}x{ref["bwd_ms"] / ours["bwd_ms"]:>9.1f}x'
-                  f'{ours["peak_mib"] / max(ref["peak_mib"], 1e-9):>10.3f}x'
-                  f'   (speed-up of compiled; its memory as a fraction of reference){note}')
-            if device == 'cuda':
-                copy = copy or copy_gbps(device, 256 * 2**20)
-                fwd_bytes, bwd_bytes = traffic_bytes(op, shape)
-                print(f'{"":<53}compiled reaches '
-                      f'{fwd_bytes / ours["fwd_ms"] / 1e6 / copy:.0%} (fwd) and '
-                      f'{bwd_bytes / ours["bwd_ms"] / 1e6 / copy:.0%} (bwd) of a '
-                      f'device-to-device copy ({copy:.0f} GB/s)')
+                f'   (scaled down from {op_shape(op, requested)}: reference too large)'
+            run_case(op, shape, str(shape), device, repeats, copy_bandwidth, note)
+    for module in modules:
+        run_case(module, None, MODULES[module], device, repeats, copy_bandwidth)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--device', choices=['cpu', 'cuda', 'all'], default='all')
     parser.add_argument('--quick', action='store_true',
-                        help=f'one small shape {QUICK_SHAPES[0]} instead of the full set')
+                        help=f'one op shape {QUICK_SHAPES[0]} and no module cases')
     parser.add_argument('--shapes', type=str, default=None,
-                        help='semicolon-separated B,C,H,W,k tuples, e.g. "2,16,32,32,7"')
+                        help='semicolon-separated B,C,H,W,k op shapes, e.g. "2,16,32,32,7"')
+    parser.add_argument('--modules', type=str, default=None,
+                        help=f'comma-separated module cases out of {",".join(MODULES)} '
+                        '(default: all; none with --quick or --shapes)')
     parser.add_argument('--repeats', type=int, default=None,
                         help='timed repeats (default 3 on CPU, 20 on CUDA)')
     parser.add_argument('--reference-budget-gb', type=float, default=12.0,
-                        help='CPU: scale shapes down until the reference needs less')
+                        help='CPU: scale op shapes down until the reference needs less')
     args = parser.parse_args()
 
     shapes = QUICK_SHAPES if args.quick else SHAPES
+    modules = [] if args.quick or args.shapes else list(MODULES)
     if args.shapes:
         shapes = [tuple(int(v) for v in s.split(',')) for s in args.shapes.split(';')]
+    if args.modules is not None:
+        modules = [m for m in args.modules.split(',') if m]
+        unknown = set(modules) - set(MODULES)
+        if unknown:
+            parser.error(f'unknown module cases {sorted(unknown)}; choose from {list(MODULES)}')
     devices = ['cpu', 'cuda'] if args.device == 'all' else [args.device]
     if 'cuda' in devices and not torch.cuda.is_available():
         if args.device == 'cuda':
@@ -241,7 +256,7 @@ def main():
         devices.remove('cuda')
     for device in devices:
         repeats = args.repeats or (20 if device == 'cuda' else 3)
-        run_device(device, shapes, repeats, args.reference_budget_gb * 2**30)
+        run_device(device, shapes, modules, repeats, args.reference_budget_gb * 2**30)
 
 
 if __name__ == '__main__':

@@ -6,9 +6,11 @@ autograd formulas, so ``torch.compile(fullgraph=True)`` and ``torch.export`` tra
 them. Without the extension (or without its CUDA kernels for a CUDA tensor) the same API
 runs the pure-PyTorch reference of :mod:`featup_mmseg.ops.reference`, after one warning.
 """
+import contextlib
 import math
+import threading
 import warnings
-from typing import Optional, Union
+from typing import Iterator, Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +36,7 @@ def _load_extension():
 
 _ext = _load_extension()
 _warned_devices = set()
+_forced_reference = threading.local()
 
 
 def ext_available(device: Optional[Union[str, torch.device]] = None) -> bool:
@@ -49,7 +52,21 @@ def ext_available(device: Optional[Union[str, torch.device]] = None) -> bool:
     return device_type == 'cpu' or (device_type == 'cuda' and _ext.compiled_with_cuda())
 
 
+@contextlib.contextmanager
+def use_reference_ops() -> Iterator[None]:
+    """Runs the pure-PyTorch reference ops inside the block, even where the compiled
+    kernels are available (for debugging and side-by-side measurements)."""
+    previous = getattr(_forced_reference, 'active', False)
+    _forced_reference.active = True
+    try:
+        yield
+    finally:
+        _forced_reference.active = previous
+
+
 def _use_ext(device: torch.device) -> bool:
+    if getattr(_forced_reference, 'active', False):
+        return False
     if ext_available(device):
         return True
     if _ext is not None and device.type not in _warned_devices:

@@ -1,0 +1,124 @@
+"""One learned joint bilateral upsampling stage (FeatUp's JBULearnedRange, spec section 2)."""
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..ops import adaptive_conv, window_correlation
+from ..ops.reference import window_patches
+
+RANGE_KERNELS = ('softmax', 'no_mlp', 'gaussian_euclidean', 'gaussian_cosine')
+# FeatUp resolves window borders by reflection, in the range kernel and the aggregation.
+PADDING_MODE = 'reflect'
+
+
+class JBUStage(nn.Module):
+    """Upsamples ``source`` features to the size of ``guidance`` with a learned JBU.
+
+    For guidance G (B, Cg, H, W) and source S (B, C, h, w), with k = 2 * radius + 1:
+
+    1. keys Q = range_proj(G) (B, key_dim, H, W)
+    2. range kernel R (B, k*k, H, W) over each k x k window of the keys, by
+       ``range_kernel``: 'softmax' (FeatUp): softmax over taps of
+       clamp(exp(range_temp), 1e-4, 1e4) * <Q_c, Q_p>; 'no_mlp': the same with Q = G and no
+       range_proj; 'gaussian_euclidean': exp(-|Q_c - Q_p|^2 / (2 sigma_range^2));
+       'gaussian_cosine': exp(-(1 - cos(Q_c, Q_p)) / (2 sigma_range^2)).
+    3. spatial kernel exp(-(u_i^2 + u_j^2) / (2 sigma_spatial^2)), u = linspace(-1, 1, k)
+    4. K = R * spatial, normalised over the taps (sum clamped at 1e-7), then
+       K + 0.1 * fixup_proj([K, G]) (no renormalisation)
+    5. out = adaptive_conv(bicubic(S to (H, W)), K), reflect borders: (B, C, H, W).
+
+    Any output size works: it is the guidance's. Parameter names match FeatUp's, so its
+    state_dict keys load unchanged. Dropouts act in train mode only.
+
+    Args:
+        guidance_dim: channels Cg of the guidance.
+        key_dim: channels of the range keys (ignored by 'no_mlp', whose keys are G).
+        radius: window radius r (FeatUp: 3, a 7 x 7 window).
+        range_kernel: one of ``RANGE_KERNELS``.
+    """
+
+    def __init__(self, guidance_dim: int, key_dim: int = 32, radius: int = 3,
+                 range_kernel: str = 'softmax'):
+        super().__init__()
+        if range_kernel not in RANGE_KERNELS:
+            raise ValueError(f'JBUStage: range_kernel must be one of {RANGE_KERNELS}, '
+                             f'got {range_kernel!r}')
+        if radius < 0:
+            raise ValueError(f'JBUStage: radius must be >= 0, got {radius}')
+        self.guidance_dim = guidance_dim
+        self.radius = radius
+        self.kernel_size = 2 * radius + 1
+        self.range_kernel_type = range_kernel
+        taps = self.kernel_size**2
+
+        if range_kernel == 'softmax' or range_kernel == 'no_mlp':
+            self.range_temp = nn.Parameter(torch.tensor(0.0))
+        else:
+            self.sigma_range = nn.Parameter(torch.tensor(1.0))
+        if range_kernel != 'no_mlp':
+            self.range_proj = nn.Sequential(
+                nn.Conv2d(guidance_dim, key_dim, 1), nn.GELU(), nn.Dropout2d(0.1),
+                nn.Conv2d(key_dim, key_dim, 1))
+        self.fixup_proj = nn.Sequential(
+            nn.Conv2d(taps + guidance_dim, taps, 1), nn.GELU(), nn.Dropout2d(0.1),
+            nn.Conv2d(taps, taps, 1))
+        self.sigma_spatial = nn.Parameter(torch.tensor(1.0))
+
+    def extra_repr(self) -> str:
+        return (f'guidance_dim={self.guidance_dim}, radius={self.radius}, '
+                f'range_kernel={self.range_kernel_type!r}')
+
+    def spatial_kernel(self) -> torch.Tensor:
+        """(1, k*k, 1, 1) Gaussian of the tap offsets, normalised to [-1, 1]."""
+        offsets = torch.linspace(-1, 1, self.kernel_size, device=self.sigma_spatial.device,
+                                 dtype=self.sigma_spatial.dtype)
+        squared = offsets[:, None].square() + offsets[None, :].square()
+        return torch.exp(-squared / (2 * self.sigma_spatial**2)).reshape(1, -1, 1, 1)
+
+    def range_kernel(self, guidance: torch.Tensor) -> torch.Tensor:
+        """(B, k*k, H, W) similarity of each guidance pixel to its window."""
+        keys = guidance if self.range_kernel_type == 'no_mlp' else self.range_proj(guidance)
+        if self.range_kernel_type in ('softmax', 'no_mlp'):
+            temperature = self.range_temp.exp().clamp(1e-4, 1e4)
+            logits = window_correlation(keys, self.kernel_size, PADDING_MODE)
+            return F.softmax(temperature * logits, dim=1)
+        if self.range_kernel_type == 'gaussian_cosine':
+            cosine = window_correlation(F.normalize(keys, dim=1), self.kernel_size, PADDING_MODE)
+            distance = 1 - cosine
+        else:  # |Q_c - Q_p|^2 = |Q_c|^2 + |Q_p|^2 - 2 <Q_c, Q_p>
+            norms = keys.square().sum(1, keepdim=True)
+            window_norms = window_patches(norms, self.kernel_size, PADDING_MODE)[:, 0]
+            dots = window_correlation(keys, self.kernel_size, PADDING_MODE)
+            distance = (norms + window_norms - 2 * dots).clamp_min(0)
+        return torch.exp(-distance / (2 * self.sigma_range**2))
+
+    def kernel(self, guidance: torch.Tensor) -> torch.Tensor:
+        """(B, k*k, H, W) per-pixel upsampling kernel: steps 1-6 of the spec."""
+        combined = self.range_kernel(guidance) * self.spatial_kernel()
+        combined = combined / combined.sum(1, keepdim=True).clamp(min=1e-7)
+        return combined + 0.1 * self.fixup_proj(torch.cat([combined, guidance], dim=1))
+
+    def forward(self, source: torch.Tensor, guidance: torch.Tensor) -> torch.Tensor:
+        self._check_inputs(source, guidance)
+        height, width = guidance.shape[-2:]
+        kernel = self.kernel(guidance)
+        upsampled = F.interpolate(source, (height, width), mode='bicubic', align_corners=False)
+        # Under autocast the kernel and the resized features can come out in different
+        # dtypes; the aggregation runs in the features' dtype.
+        return adaptive_conv(upsampled, kernel.to(upsampled.dtype), PADDING_MODE)
+
+    def _check_inputs(self, source: torch.Tensor, guidance: torch.Tensor) -> None:
+        if source.dim() != 4 or guidance.dim() != 4:
+            raise ValueError('JBUStage: source and guidance must be 4-D (B, C, H, W), got '
+                             f'{tuple(source.shape)} and {tuple(guidance.shape)}')
+        if guidance.shape[1] != self.guidance_dim:
+            raise ValueError(f'JBUStage: guidance must have guidance_dim={self.guidance_dim} '
+                             f'channels, got shape {tuple(guidance.shape)}')
+        if source.shape[0] != guidance.shape[0]:
+            raise ValueError(f'JBUStage: source batch {source.shape[0]} != guidance batch '
+                             f'{guidance.shape[0]}')
+        if min(guidance.shape[-2:]) <= self.radius:
+            raise ValueError(
+                f'JBUStage: reflect borders need an output (guidance) larger than radius '
+                f'{self.radius} in both dimensions, got {tuple(guidance.shape[-2:])}')
+

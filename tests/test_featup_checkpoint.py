@@ -1,0 +1,157 @@
+"""Loading FeatUp's published checkpoints, on a synthetic one with the official layout."""
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from featup_mmseg.layers import (ChannelNorm, JBUStack, build_featup_upsampler,
+                                 load_state_dict_strict)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def official_featup_checkpoint(dim=384, use_norm=True, seed=0):
+    """A Lightning checkpoint dict with exactly the key names and shapes FeatUp publishes
+    for a ViT-S/16 JBU stack (spec section 3), filled with random values."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=gen)
+
+    state = {}
+    for stage in range(1, 5):
+        p = f'upsampler.up{stage}.'
+        state.update({
+            p + 'range_temp': rand(()),
+            p + 'range_proj.0.weight': rand(32, 3, 1, 1),
+            p + 'range_proj.0.bias': rand(32),
+            p + 'range_proj.3.weight': rand(32, 32, 1, 1),
+            p + 'range_proj.3.bias': rand(32),
+            p + 'fixup_proj.0.weight': rand(49, 52, 1, 1),
+            p + 'fixup_proj.0.bias': rand(49),
+            p + 'fixup_proj.3.weight': rand(49, 49, 1, 1),
+            p + 'fixup_proj.3.bias': rand(49),
+            p + 'sigma_spatial': rand(()).abs() + 0.5,
+        })
+    state['upsampler.fixup_proj.1.weight'] = rand(dim, dim, 1, 1)
+    state['upsampler.fixup_proj.1.bias'] = rand(dim)
+    if use_norm:
+        state['model.1.norm.weight'] = rand(dim)
+        state['model.1.norm.bias'] = rand(dim)
+    state.update({  # a few frozen-backbone and training-only tensors
+        'model.0.model.cls_token': rand(1, 1, dim),
+        'model.0.model.patch_embed.proj.weight': rand(dim, 3, 16, 16),
+        'model.0.model.blocks.0.norm1.weight': rand(dim),
+        'downsampler.w': rand(16, 16),
+        'downsampler.b': rand(16, 16),
+        'downsampler.attention_net.1.weight': rand(1, dim),
+        'downsampler.attention_net.1.bias': rand(1),
+        'scale_net.net.weight': rand(1, dim, 1, 1),
+        'scale_net.net.bias': rand(1),
+    })
+    return {'epoch': 0, 'global_step': 2000, 'pytorch-lightning_version': '1.9.5',
+            'state_dict': state}
+
+
+@pytest.fixture
+def checkpoint_file(tmp_path):
+    path = tmp_path / 'vit_jbu_stack_cocostuff.ckpt'
+    torch.save(official_featup_checkpoint(), path)
+    return path
+
+
+@pytest.mark.parametrize('use_norm', [True, False])
+def test_loads_official_layout(tmp_path, use_norm):
+    checkpoint = official_featup_checkpoint(use_norm=use_norm)
+    path = tmp_path / 'featup.ckpt'
+    torch.save(checkpoint, path)
+    stack, norm, weights = build_featup_upsampler(path)
+    state = checkpoint['state_dict']
+    assert isinstance(stack, JBUStack) and stack.feat_dim == 384 and stack.num_stages == 4
+    for key, value in stack.state_dict().items():
+        torch.testing.assert_close(value, state['upsampler.' + key], rtol=0, atol=0)
+    if use_norm:
+        assert isinstance(norm, ChannelNorm)
+        torch.testing.assert_close(norm.norm.weight.detach(), state['model.1.norm.weight'])
+    else:
+        assert norm is None
+    assert weights.skipped == {'backbone': 3, 'training-only downsampler': 4,
+                               'training-only uncertainty network': 2}
+    out = stack.eval()(torch.randn(1, 384, 14, 14), torch.randn(1, 3, 224, 224))
+    assert out.shape == (1, 384, 224, 224) and torch.isfinite(out).all()
+
+
+def test_missing_unexpected_and_misshaped_keys_are_all_reported():
+    checkpoint = official_featup_checkpoint()
+    state = checkpoint['state_dict']
+    del state['upsampler.up3.range_proj.3.bias']
+    state['upsampler.up2.range_scale'] = torch.tensor(1.0)
+    state['upsampler.up4.fixup_proj.0.weight'] = torch.randn(49, 51, 1, 1)
+    with pytest.raises(ValueError) as info:
+        build_featup_upsampler(checkpoint)
+    report = str(info.value)
+    assert 'nothing was loaded' in report
+    assert '1 missing keys:\n  up3.range_proj.3.bias' in report
+    assert '1 unexpected keys:\n  up2.range_scale' in report
+    assert 'up4.fixup_proj.0.weight: (49, 51, 1, 1) in FeatUp checkpoint (upsampler.*), ' \
+        '(49, 52, 1, 1) in JBUStack' in report
+
+
+def test_foreign_checkpoints_are_rejected():
+    checkpoint = official_featup_checkpoint()
+    checkpoint['state_dict']['decode_head.conv_seg.weight'] = torch.randn(150, 256, 1, 1)
+    with pytest.raises(ValueError, match=r'not a FeatUp JBU checkpoint: 1 unexpected keys:'
+                       r'\n  decode_head.conv_seg.weight'):
+        build_featup_upsampler(checkpoint)
+    with pytest.raises(ValueError, match=r'no upsampler.fixup_proj.1.weight'):
+        build_featup_upsampler({'model.1.norm.weight': torch.ones(4)})
+
+
+class _NotATensor:
+    pass
+
+
+def test_pickled_objects_need_trust(tmp_path):
+    checkpoint = official_featup_checkpoint(dim=16)
+    checkpoint['hyper_parameters'] = {'cfg': _NotATensor()}
+    path = tmp_path / 'with_objects.ckpt'
+    torch.save(checkpoint, path, pickle_module=pickle)
+    with pytest.raises(ValueError, match=r'weights_only=True .*pass trust_checkpoint=True'):
+        build_featup_upsampler(path)
+    stack, _, _ = build_featup_upsampler(path, trust_checkpoint=True)
+    assert stack.feat_dim == 16
+
+
+def test_strict_loader_loads_nothing_on_mismatch():
+    stack = JBUStack(feat_dim=8, num_stages=1)
+    before = {k: v.clone() for k, v in stack.state_dict().items()}
+    state = {k: torch.zeros_like(v) for k, v in before.items()}
+    state['fixup_proj.1.bias'] = torch.zeros(9)
+    with pytest.raises(ValueError, match=r'fixup_proj.1.bias: \(9,\) in test, \(8,\) in JBUStack'):
+        load_state_dict_strict(stack, state, 'test')
+    for key, value in stack.state_dict().items():
+        torch.testing.assert_close(value, before[key], rtol=0, atol=0)
+
+
+def test_convert_tool_writes_neck_layout(checkpoint_file, tmp_path):
+    destination = tmp_path / 'converted' / 'vit_jbu.pth'
+    result = subprocess.run([
+        sys.executable, str(ROOT / 'tools' / 'convert_featup_checkpoint.py'),
+        str(checkpoint_file), str(destination)
+    ], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert 'JBU stack of 4 stages for 384-channel features' in result.stdout
+    assert 'skipped tensors: 3 backbone, 4 training-only downsampler, 2 training-only ' \
+        'uncertainty network' in result.stdout
+    converted = torch.load(destination, weights_only=True)
+    assert converted['meta']['featup_mmseg']['feature_norm'] is True
+    state = converted['state_dict']
+    original = official_featup_checkpoint()['state_dict']
+    assert set(state) == {k for k in original if k.startswith('upsampler.')} | {
+        'norm.norm.weight', 'norm.norm.bias'}
+    torch.testing.assert_close(state['norm.norm.bias'], original['model.1.norm.bias'])
+    torch.testing.assert_close(state['upsampler.up2.range_temp'],
+                               original['upsampler.up2.range_temp'])

@@ -1,0 +1,217 @@
+"""JBU stage and stack against an independent unfold formulation of the spec (sections 2-3)."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from featup_mmseg.layers import RANGE_KERNELS, JBUStack, JBUStage, stage_sizes
+
+# ----------------------------------------------------------------------------------------
+# the spec, step by step, in plain PyTorch with F.unfold (independent of featup_mmseg.ops)
+
+
+def _windows(x, radius):
+    """(B, C, k*k, H, W): every reflect-padded k x k window of x, tap p = i*k + j."""
+    batch, channels, height, width = x.shape
+    k = 2 * radius + 1
+    padded = F.pad(x, [radius] * 4, mode='reflect')
+    return F.unfold(padded, k).view(batch, channels, k * k, height, width)
+
+
+def _conv1x1(x, params, prefix):
+    return F.conv2d(x, params[prefix + '.weight'], params[prefix + '.bias'])
+
+
+def _mlp(x, params, prefix):  # Conv1x1, GELU, Dropout2d (identity in eval), Conv1x1
+    return _conv1x1(F.gelu(_conv1x1(x, params, prefix + '.0')), params, prefix + '.3')
+
+
+def spec_stage(params, source, guidance, radius, range_kernel='softmax'):
+    k = 2 * radius + 1
+    height, width = guidance.shape[-2:]
+    keys = guidance if range_kernel == 'no_mlp' else _mlp(guidance, params, 'range_proj')  # 1
+    windows = _windows(keys, radius)  # (B, D, k*k, H, W)
+    centre = keys.unsqueeze(2)
+    if range_kernel in ('softmax', 'no_mlp'):
+        logits = (windows * centre).sum(1)  # 2
+        temperature = params['range_temp'].exp().clamp(1e-4, 1e4)
+        range_k = torch.softmax(temperature * logits, dim=1)  # 3
+    elif range_kernel == 'gaussian_euclidean':
+        distance = (centre - windows).square().sum(1)
+        range_k = torch.exp(-distance / (2 * params['sigma_range']**2))
+    else:
+        cosine = (centre * windows).sum(1) / (centre.norm(dim=1) * windows.norm(dim=1))
+        range_k = torch.exp(-(1 - cosine) / (2 * params['sigma_range']**2))
+    u = torch.linspace(-1, 1, k, dtype=source.dtype)
+    spatial = torch.stack([
+        torch.exp(-(u[i]**2 + u[j]**2) / (2 * params['sigma_spatial']**2))
+        for i in range(k) for j in range(k)
+    ]).view(1, k * k, 1, 1)  # 4
+    kernel = range_k * spatial
+    kernel = kernel / kernel.sum(1, keepdim=True).clamp(min=1e-7)  # 5
+    kernel = kernel + 0.1 * _mlp(torch.cat([kernel, guidance], 1), params, 'fixup_proj')  # 6
+    upsampled = F.interpolate(source, (height, width), mode='bicubic', align_corners=False)  # 7
+    return (_windows(upsampled, radius) * kernel.unsqueeze(1)).sum(2)  # 8
+
+
+def spec_stack(params, source, image, num_stages=4, radius=3):
+    """FeatUp's stack: x2 per stage, guidance = image pooled to each stage's size."""
+    features = source
+    for index in range(1, num_stages + 1):
+        stage_params = {key[len(f'up{index}.'):]: value for key, value in params.items()
+                        if key.startswith(f'up{index}.')}
+        size = (features.shape[2] * 2, features.shape[3] * 2)
+        features = spec_stage(stage_params, features, F.adaptive_avg_pool2d(image, size), radius)
+    return features + 0.1 * _conv1x1(features, params, 'fixup_proj.1')
+
+
+def _randomise(module, seed=0):
+    """Non-default values for every parameter, scalars included, so each step matters."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in module.named_parameters():
+            if param.dim() == 0:  # temperatures and sigmas: positive, away from 0 and 1
+                param.copy_(0.6 + 0.8 * torch.rand((), generator=gen, dtype=param.dtype))
+            else:
+                param.copy_(torch.randn(param.shape, generator=gen, dtype=param.dtype) * 0.3)
+    return module
+
+
+# ----------------------------------------------------------------------------------------
+# faithfulness
+
+@pytest.mark.parametrize('range_kernel', RANGE_KERNELS)
+@pytest.mark.parametrize('sizes', [((5, 7), (10, 14)), ((9, 6), (13, 20))], ids=str)
+def test_stage_matches_spec(range_kernel, sizes):
+    (h, w), (height, width) = sizes
+    stage = _randomise(JBUStage(guidance_dim=6, key_dim=5, radius=3,
+                                range_kernel=range_kernel).double()).eval()
+    source = torch.randn(2, 4, h, w, dtype=torch.float64)
+    guidance = torch.randn(2, 6, height, width, dtype=torch.float64)
+    params = dict(stage.named_parameters())
+    out = stage(source, guidance)
+    assert out.shape == (2, 4, height, width)
+    expected = spec_stage(params, source, guidance, 3, range_kernel)
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-10)
+
+
+def test_stage_gradients_match_spec():
+    stage = _randomise(JBUStage(guidance_dim=3).double()).eval()
+    source = torch.randn(1, 3, 6, 5, dtype=torch.float64, requires_grad=True)
+    guidance = torch.randn(1, 3, 12, 10, dtype=torch.float64, requires_grad=True)
+    params = dict(stage.named_parameters())
+    inputs = [source, guidance, *params.values()]
+    got = torch.autograd.grad(stage(source, guidance).square().sum(), inputs)
+    want = torch.autograd.grad(spec_stage(params, source, guidance, 3).square().sum(), inputs)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=0, atol=1e-10)
+
+
+def test_stack_matches_spec_featup_setting():
+    stack = _randomise(JBUStack(feat_dim=8).double()).eval()
+    source = torch.randn(1, 8, 14, 14, dtype=torch.float64)
+    image = torch.randn(1, 3, 224, 224, dtype=torch.float64)
+    out = stack(source, image)
+    assert out.shape == (1, 8, 224, 224)
+    expected = spec_stack(dict(stack.named_parameters()), source, image)
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-10)
+
+
+def test_parameter_names_and_counts_are_featups():
+    stage = JBUStage(guidance_dim=3)
+    assert set(dict(stage.named_parameters())) == {
+        'range_temp', 'sigma_spatial', 'range_proj.0.weight', 'range_proj.0.bias',
+        'range_proj.3.weight', 'range_proj.3.bias', 'fixup_proj.0.weight',
+        'fixup_proj.0.bias', 'fixup_proj.3.weight', 'fixup_proj.3.bias'
+    }
+    for guidance_dim, expected in ((3, 6233), (256, 26726)):  # spec section 2
+        assert sum(p.numel() for p in JBUStage(guidance_dim).parameters()) == expected
+    assert stage.range_temp.item() == 0.0 and stage.sigma_spatial.item() == 1.0
+    stack_keys = set(JBUStack(feat_dim=16).state_dict())
+    assert {'up4.range_proj.3.bias', 'fixup_proj.1.weight', 'fixup_proj.1.bias'} <= stack_keys
+
+
+# ----------------------------------------------------------------------------------------
+# sizes
+
+@pytest.mark.parametrize('input_size, kwargs, expected', [
+    ((14, 14), {}, (224, 224)),
+    ((16, 16), dict(output_size=224), (224, 224)),
+    ((7, 7), dict(output_size=(224, 224)), (224, 224)),
+    ((10, 7), dict(output_size=(75, 61)), (75, 61)),
+    ((6, 9), dict(scale_factor=3), (18, 27)),
+])
+def test_stack_reaches_any_output_size(input_size, kwargs, expected):
+    stack = JBUStack(feat_dim=4).eval()
+    image = torch.randn(2, 3, 224, 224)
+    out = stack(torch.randn(2, 4, *input_size), image, **kwargs)
+    assert out.shape == (2, 4, *expected)
+    assert torch.isfinite(out).all()
+
+
+def test_stack_output_at_image_size_is_guided_by_the_image_itself():
+    stack = _randomise(JBUStack(feat_dim=4, num_stages=2).double()).eval()
+    image = torch.randn(1, 3, 40, 36, dtype=torch.float64)
+    source = torch.randn(1, 4, 10, 9, dtype=torch.float64)
+    out = stack(source, image, output_size=image.shape[-2:])
+    up2 = stack.up2
+    hidden = stack.up1(source, F.adaptive_avg_pool2d(image, stage_sizes((10, 9), (40, 36),
+                                                                          2)[0]))
+    last = up2(hidden, image)
+    torch.testing.assert_close(out, last + 0.1 * stack.fixup_proj(last))
+
+
+def test_stage_sizes_are_geometric():
+    assert stage_sizes((14, 14), (224, 224), 4) == [(28, 28), (56, 56), (112, 112), (224, 224)]
+    assert stage_sizes((16, 16), (224, 224), 4) == [(31, 31), (60, 60), (116, 116), (224, 224)]
+    assert stage_sizes((7, 10), (224, 100), 2) == [(40, 32), (224, 100)]
+
+
+# ----------------------------------------------------------------------------------------
+# train / eval, errors, memory
+
+def test_dropout_only_in_train_mode():
+    stack = JBUStack(feat_dim=8)
+    source, image = torch.randn(2, 8, 6, 6), torch.randn(2, 3, 96, 96)
+    stack.train()
+    torch.manual_seed(0)
+    first = stack(source, image)
+    second = stack(source, image)
+    assert not torch.allclose(first, second)
+    stack.eval()
+    torch.testing.assert_close(stack(source, image), stack(source, image), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize('call, message', [
+    (lambda: JBUStage(3, range_kernel='attention'), r"range_kernel must be one of .*'attention'"),
+    (lambda: JBUStage(3)(torch.randn(1, 4, 4, 4), torch.randn(1, 5, 8, 8)),
+     r'guidance must have guidance_dim=3 channels, got shape \(1, 5, 8, 8\)'),
+    (lambda: JBUStage(3)(torch.randn(2, 4, 4, 4), torch.randn(1, 3, 8, 8)),
+     r'source batch 2 != guidance batch 1'),
+    (lambda: JBUStage(3)(torch.randn(1, 4, 2, 2), torch.randn(1, 3, 3, 8)),
+     r'larger than radius 3 in both dimensions, got \(3, 8\)'),
+    (lambda: JBUStack(8)(torch.randn(1, 4, 4, 4), torch.randn(1, 3, 64, 64)),
+     r'source must be \(B, 8, h, w\), got \(1, 4, 4, 4\)'),
+    (lambda: JBUStack(4)(torch.randn(1, 4, 8, 8), torch.randn(1, 3, 64, 64), output_size=6),
+     r'no smaller than the input \(8, 8\), got \(6, 6\)'),
+    (lambda: JBUStack(4)(torch.randn(1, 4, 8, 8), torch.randn(1, 3, 64, 64), output_size=64,
+                         scale_factor=8), r'output_size or scale_factor, not both'),
+])
+def test_bad_input_is_rejected_clearly(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
+
+
+@pytest.mark.parametrize('range_kernel', ['softmax', 'no_mlp', 'gaussian_cosine'])
+def test_stage_never_unfolds_or_pads(monkeypatch, range_kernel):
+    """With the compiled ops, no (B, D*k*k, H, W) unfold and no padded copy is made."""
+    stage = JBUStage(guidance_dim=16, range_kernel=range_kernel)
+    source = torch.randn(2, 8, 8, 8, requires_grad=True)
+    guidance = torch.randn(2, 16, 16, 16, requires_grad=True)
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError('JBUStage materialised an unfold or a padded copy')
+
+    monkeypatch.setattr(F, 'unfold', forbidden)
+    monkeypatch.setattr(F, 'pad', forbidden)
+    stage(source, guidance).sum().backward()
+    assert source.grad is not None and guidance.grad is not None
