@@ -41,7 +41,7 @@ $(EXT_STAMP): $(DEPS_STAMP) $(EXT_SOURCES)
 	touch $@
 
 demo: install
-	$(PY) tools/benchmark_ops.py --quick
+	$(PY) tools/demo.py
 
 test: install
 	$(PY) -m pytest tests

@@ -89,7 +89,7 @@ class JBUStack(nn.Module):
         if source.dim() != 4 or source.shape[1] != self.feat_dim:
             raise ValueError(f'JBUStack: source must be (B, {self.feat_dim}, h, w), '
                              f'got {tuple(source.shape)}')
-        input_size = source.shape[-2:]
+        input_size = tuple(int(n) for n in source.shape[-2:])  # ints under tracing too
         size = self.output_size(input_size, output_size, scale_factor)
         features = source
         for stage, stage_size in zip(self.stages,

@@ -1,0 +1,3 @@
+from .synthetic_shapes import SyntheticShapesDataset, generate_synthetic_shapes
+
+__all__ = ['SyntheticShapesDataset', 'generate_synthetic_shapes']

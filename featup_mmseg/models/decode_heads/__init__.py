@@ -1,0 +1,3 @@
+from .featup_segformer_head import FeatUpSegformerHead
+
+__all__ = ['FeatUpSegformerHead']

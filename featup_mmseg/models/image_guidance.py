@@ -1,0 +1,31 @@
+"""Which necks receive the input image, and the build-time check that someone passes it.
+
+mmseg's EncoderDecoder calls ``neck(features)``; an image-guided neck also needs the
+normalised input image, which only :class:`GuidedEncoderDecoder` passes. Such a neck
+sets ``requires_image = True`` and calls :func:`check_built_by_guided_segmentor` in its
+constructor, so that a config pairing it with a plain EncoderDecoder fails when the
+model is built rather than at the first forward pass.
+"""
+import contextlib
+import contextvars
+
+_building_guided_segmentor = contextvars.ContextVar('featup_mmseg_building_guided_segmentor',
+                                                    default=False)
+
+
+@contextlib.contextmanager
+def guided_segmentor_build():
+    """Marks the construction of a segmentor that passes images to guided necks."""
+    token = _building_guided_segmentor.set(True)
+    try:
+        yield
+    finally:
+        _building_guided_segmentor.reset(token)
+
+
+def check_built_by_guided_segmentor(neck_name: str) -> None:
+    if not _building_guided_segmentor.get():
+        raise ValueError(
+            f"{neck_name} upsamples with the input image as guidance, which only "
+            "GuidedEncoderDecoder passes to necks: set model.type='GuidedEncoderDecoder' "
+            '(a plain EncoderDecoder would call the neck without the image)')

@@ -1,0 +1,3 @@
+from .jbu_neck import JBUNeck
+
+__all__ = ['JBUNeck']
