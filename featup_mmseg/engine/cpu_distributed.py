@@ -1,7 +1,15 @@
 """Distributed mmengine runs on machines without CUDA (DDP over gloo on CPU)."""
+import atexit
+
 import torch
 import torch.distributed as dist
 from mmengine.config import Config
+
+
+def _destroy_process_group() -> None:
+    # An undestroyed gloo group can abort the process at interpreter exit.
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def prepare_cpu_distributed(cfg: Config) -> None:
@@ -16,5 +24,6 @@ def prepare_cpu_distributed(cfg: Config) -> None:
         return
     if not dist.is_initialized():
         dist.init_process_group(backend='gloo')
+        atexit.register(_destroy_process_group)
     if cfg.get('model_wrapper_cfg') is None:
         cfg.model_wrapper_cfg = dict(type='MMDistributedDataParallel', device_ids=None)

@@ -1,13 +1,17 @@
 """Torch-only building blocks of FeatUp (no mmcv/mmseg needed): the JBU stage and stack,
-and loading of FeatUp's published checkpoints."""
+FeatUp's checkpoints, and the multi-view pretraining objective."""
 from .channel_norm import ChannelNorm
+from .downsamplers import AttentionDownsampler, SimpleDownsampler, build_downsampler
 from .featup_checkpoint import (FeatUpWeights, build_featup_upsampler, load_state_dict_strict,
                                 read_state_dict, split_featup_state_dict)
 from .jbu_stack import JBUStack, stage_sizes
 from .jbu_stage import RANGE_KERNELS, JBUStage
+from .multiview import (Jitter, ReconstructionCriterion, multiview_reconstruction_loss,
+                        sample_jitter)
 
 __all__ = [
-    'ChannelNorm', 'FeatUpWeights', 'JBUStack', 'JBUStage', 'RANGE_KERNELS',
-    'build_featup_upsampler', 'load_state_dict_strict', 'read_state_dict',
-    'split_featup_state_dict', 'stage_sizes'
+    'AttentionDownsampler', 'ChannelNorm', 'FeatUpWeights', 'JBUStack', 'JBUStage', 'Jitter',
+    'RANGE_KERNELS', 'ReconstructionCriterion', 'SimpleDownsampler', 'build_downsampler',
+    'build_featup_upsampler', 'load_state_dict_strict', 'multiview_reconstruction_loss',
+    'read_state_dict', 'sample_jitter', 'split_featup_state_dict', 'stage_sizes'
 ]

@@ -65,20 +65,28 @@ class FeatUpSegformerHead(BaseDecodeHead):
                     MODELS.build(upsampler, default_args=dict(guidance_dim=self.channels))
                     for _ in range(level)) for level in range(1, num_inputs))
 
+    def project(self, inputs):
+        """c1..cN: the selected backbone levels projected to ``channels``."""
+        return [conv(x) for conv, x in zip(self.convs, self._transform_inputs(inputs))]
+
+    def upsample_levels(self, projected):
+        """c2..cN brought to c1's grid by their guided stages (not for 'bilinear')."""
+        outs = []
+        for level, stages in enumerate(self.guided_stages, start=1):
+            x = projected[level]
+            for target, stage in zip(range(level - 1, -1, -1), stages):
+                x = stage(x, projected[target])
+            outs.append(x)
+        return outs
+
     def forward(self, inputs):
-        inputs = self._transform_inputs(inputs)
-        projected = [conv(x) for conv, x in zip(self.convs, inputs)]
+        projected = self.project(inputs)
         if self.upsampler_type == BILINEAR:
             outs = [
-                resize(input=x, size=inputs[0].shape[2:], mode=self.interpolate_mode,
+                resize(input=x, size=projected[0].shape[2:], mode=self.interpolate_mode,
                        align_corners=self.align_corners) for x in projected
             ]
         else:
-            outs = [projected[0]]
-            for level, stages in enumerate(self.guided_stages, start=1):
-                x = projected[level]
-                for target, stage in zip(range(level - 1, -1, -1), stages):
-                    x = stage(x, projected[target])
-                outs.append(x)
+            outs = [projected[0], *self.upsample_levels(projected)]
         out = self.fusion_conv(torch.cat(outs, dim=1))
         return self.cls_seg(out)

@@ -75,24 +75,30 @@ class JBUNeck(BaseModule):
 
     def forward(self, inputs: Sequence[Tensor], image: Tensor) -> Tuple[Tensor, ...]:
         outputs = list(inputs)
+        outputs[self.in_index] = self.upsample(self.select(outputs), image)
+        return tuple(outputs)
+
+    def select(self, inputs: Sequence[Tensor]) -> Tensor:
+        """The backbone level this neck upsamples, channel-normalised if configured."""
         try:
-            features = outputs[self.in_index]
+            features = inputs[self.in_index]
         except IndexError:
             raise ValueError(f'JBUNeck: in_index {self.in_index} is out of range for a '
-                             f'backbone with {len(outputs)} outputs') from None
+                             f'backbone with {len(inputs)} outputs') from None
         if features.shape[1] != self.in_channels:
             raise ValueError(
                 f'JBUNeck: backbone output {self.in_index} has {features.shape[1]} channels '
                 f'but in_channels={self.in_channels}; set neck.in_channels='
                 f'{features.shape[1]}')
-        if hasattr(self, 'norm'):
-            features = self.norm(features)
+        return self.norm(features) if hasattr(self, 'norm') else features
+
+    def upsample(self, features: Tensor, image: Tensor) -> Tensor:
+        """Upsamples selected features to the configured size, guided by the image."""
         output_size = self.output_size
         if self.out_stride is not None:
             output_size = tuple(math.ceil(int(n) / self.out_stride) for n in image.shape[-2:])
-        outputs[self.in_index] = self.upsampler(features, image, output_size=output_size,
-                                                scale_factor=self.scale_factor)
-        return tuple(outputs)
+        return self.upsampler(features, image, output_size=output_size,
+                              scale_factor=self.scale_factor)
 
     def init_weights(self):
         """mmengine's init_weights, except that 'Pretrained' weights load strictly."""

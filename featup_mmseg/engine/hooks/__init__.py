@@ -1,0 +1,3 @@
+from .featup_pretrain_hook import FeatUpPretrainHook, find_targets
+
+__all__ = ['FeatUpPretrainHook', 'find_targets']

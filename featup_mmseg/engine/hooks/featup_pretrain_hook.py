@@ -1,0 +1,253 @@
+"""FeatUp's self-supervised upsampler pretraining (spec section 5) as an mmengine hook."""
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, List, Optional
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+from mmengine.hooks import Hook
+from mmengine.model import is_model_wrapper
+from mmengine.registry import OPTIMIZERS
+from mmseg.registry import HOOKS
+
+from ...layers.multiview import ReconstructionCriterion, multiview_reconstruction_loss
+
+META_KEY = 'featup_pretrained'
+TARGETS = ('auto', 'neck', 'decode_head')
+
+
+@dataclass
+class PretrainTarget:
+    """An upsampler of the model to pretrain.
+
+    Attributes:
+        name: where it lives ('neck' or 'decode_head').
+        upsampler: the module whose parameters are trained.
+        saved: the module saved after pretraining, under ``prefix`` (the whole JBUNeck,
+            so its checkpoint loads strictly with ``prefix='neck.'``; a head's stages).
+        feat_dims: channels of each upsampled map.
+        features: images -> the frozen low-res maps.
+        upsample: (maps, images) -> high-res versions of the maps at ``reconstructed``.
+        reconstructed: indices of the upsampled maps.
+    """
+    name: str
+    upsampler: nn.Module
+    saved: nn.Module
+    prefix: str
+    feat_dims: List[int]
+    features: Callable
+    upsample: Callable
+    reconstructed: List[int]
+
+    def state_dict(self) -> dict:
+        return {self.prefix + key: value for key, value in self.saved.state_dict().items()}
+
+
+def find_targets(model: nn.Module, target: str) -> List[PretrainTarget]:
+    """The JBU upsamplers of ``model``: an image-guided neck (JBUNeck) and the guided
+    stages of a FeatUpSegformerHead."""
+    targets = []
+    neck = getattr(model, 'neck', None)
+    if target in ('auto', 'neck') and getattr(neck, 'requires_image', False) \
+            and hasattr(neck, 'upsampler'):
+
+        def neck_features(images):
+            return [neck.select(model.backbone(images))]
+
+        def neck_upsample(maps, images):
+            return [neck.upsample(maps[0], images)]
+
+        targets.append(PretrainTarget('neck', neck.upsampler, neck, 'neck.', [neck.in_channels],
+                                      neck_features, neck_upsample, [0]))
+    head = getattr(model, 'decode_head', None)
+    if target in ('auto', 'decode_head') and hasattr(head, 'guided_stages'):
+        levels = len(head.guided_stages) + 1
+        targets.append(
+            PretrainTarget('decode_head', head.guided_stages, head.guided_stages,
+                           'decode_head.guided_stages.', [head.channels] * (levels - 1),
+                           lambda images: head.project(model.extract_feat(images)),
+                           lambda maps, images: head.upsample_levels(maps),
+                           list(range(1, levels))))
+    if not targets:
+        raise ValueError(
+            f'FeatUpPretrainHook(target={target!r}): the model has no JBU upsampler to '
+            'pretrain; it needs a JBUNeck (with GuidedEncoderDecoder) or a '
+            'FeatUpSegformerHead with JBU stages')
+    return targets
+
+
+def _world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+@HOOKS.register_module()
+class FeatUpPretrainHook(Hook):
+    """Pretrains the model's JBU upsampler(s) with FeatUp's multi-view objective before
+    training starts (after weight init and any resume, so pretrained backbones are loaded).
+
+    The backbone (and, for the head's stages, the level projections) stay frozen in eval
+    mode; only the upsampler and the objective's own downsampler and uncertainty network
+    learn, on images drawn from the training dataloader. Under DDP the learned weights
+    start from rank 0's and gradients are averaged over ranks, so every rank ends with the
+    same upsampler. The upsampler weights are saved to ``work_dir/checkpoint_name``; the
+    training checkpoints record that pretraining is done, so a resumed run skips it.
+
+    Args:
+        steps: optimisation steps (paper: 2000).
+        images_per_step: images per step (paper: 4).
+        num_jitters: views per image (paper: 2; FeatUp's public config uses 5).
+        max_pad: reflect padding of the views, pixels (paper: 30).
+        max_zoom: largest zoom of the views (paper: 2.0).
+        downsampler: 'attention' (paper) or 'simple'.
+        kernel_size: downsampler window (paper: 16).
+        proj_dim: random projection dimension (paper: 30).
+        uncertainty: learn the per-pixel uncertainty (paper: on).
+        tv_weight: total-variation prior on feature magnitudes (paper, JBU: 0).
+        optimizer: optimizer config without params (paper: NAdam, lr 1e-3).
+        target: which upsampler: 'auto' (all found), 'neck' or 'decode_head'.
+        log_interval: steps between loss logs.
+        checkpoint_name: file name of the saved upsampler weights in the work dir.
+    """
+    priority = 'VERY_HIGH'
+
+    def __init__(self, steps: int = 2000, images_per_step: int = 4, num_jitters: int = 2,
+                 max_pad: int = 30, max_zoom: float = 2.0, downsampler: str = 'attention',
+                 kernel_size: int = 16, proj_dim: int = 30, uncertainty: bool = True,
+                 tv_weight: float = 0.0, optimizer: Optional[dict] = None,
+                 target: str = 'auto', log_interval: int = 50,
+                 checkpoint_name: str = 'featup_pretrained_upsampler.pth'):
+        if target not in TARGETS:
+            raise ValueError(f'FeatUpPretrainHook: target must be one of {TARGETS}, '
+                             f'got {target!r}')
+        if steps < 1 or images_per_step < 1 or num_jitters < 1:
+            raise ValueError('FeatUpPretrainHook: steps, images_per_step and num_jitters must '
+                             f'be positive, got {steps}, {images_per_step}, {num_jitters}')
+        self.steps = steps
+        self.images_per_step = images_per_step
+        self.num_jitters = num_jitters
+        self.max_pad = max_pad
+        self.max_zoom = max_zoom
+        self.criterion_cfg = dict(downsampler=downsampler, kernel_size=kernel_size,
+                                  proj_dim=proj_dim, uncertainty=uncertainty,
+                                  tv_weight=tv_weight)
+        self.optimizer_cfg = dict(type='NAdam', lr=1e-3) if optimizer is None else dict(optimizer)
+        self.target = target
+        self.log_interval = log_interval
+        self.checkpoint_name = checkpoint_name
+        self.pretrained = False
+        self.losses: List[float] = []
+
+    # -- resume: the flag travels in the training checkpoints' meta ------------------------
+
+    def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
+        if checkpoint.get('meta', {}).get(META_KEY):
+            self.pretrained = True
+
+    def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
+        if self.pretrained:
+            checkpoint.setdefault('meta', {})[META_KEY] = True
+
+    def before_train(self, runner) -> None:
+        if self.pretrained:
+            runner.logger.info('FeatUp pretraining: already done (checkpoint meta), skipped')
+            return
+        self.pretrain(runner)
+
+    # -- the pretraining loop ----------------------------------------------------------------
+
+    def pretrain(self, runner) -> List[float]:
+        """Runs the pretraining on ``runner``'s model and data; returns the step losses."""
+        model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+        targets = find_targets(model, self.target)
+        device = next(model.parameters()).device
+        criteria = [
+            nn.ModuleList(ReconstructionCriterion(dim, **self.criterion_cfg)
+                          for dim in target.feat_dims).to(device) for target in targets
+        ]
+        params = [p for target in targets for p in target.upsampler.parameters()]
+        params += [p for criterion in criteria for p in criterion.parameters()]
+        world_size = _world_size()
+        if world_size > 1:
+            for param in params:
+                dist.broadcast(param.data, src=0)
+        optimizer = OPTIMIZERS.build(dict(self.optimizer_cfg, params=params))
+
+        was_training = model.training
+        model.eval()  # frozen backbone and projections
+        for module in [t.upsampler for t in targets] + criteria:
+            module.train()
+        images = self._images(runner, model)
+        names = ', '.join(target.name for target in targets)
+        runner.logger.info(f'FeatUp pretraining of the {names} upsampler: {self.steps} steps '
+                           f'of {self.images_per_step} images x {self.num_jitters} views')
+        for step in range(1, self.steps + 1):
+            batch = next(images)
+            loss = sum(
+                multiview_reconstruction_loss(batch, target.features, target.upsample,
+                                              target.reconstructed, criterion,
+                                              self.num_jitters, self.max_pad, self.max_zoom)
+                for target, criterion in zip(targets, criteria)) / len(targets)
+            optimizer.zero_grad()
+            loss.backward()
+            if world_size > 1:
+                for param in params:
+                    if param.grad is not None:
+                        dist.all_reduce(param.grad)
+                        param.grad /= world_size
+            optimizer.step()
+            self.losses.append(loss.item())
+            if step % self.log_interval == 0 or step in (1, self.steps):
+                runner.logger.info(f'FeatUp pretraining [{step}/{self.steps}]  '
+                                   f'loss: {self.losses[-1]:.4f}')
+        model.train(was_training)
+        if world_size > 1:
+            self._check_ranks_agree(runner, [t.upsampler for t in targets], world_size)
+        self.pretrained = True
+        self._save(runner, targets)
+        return self.losses
+
+    @staticmethod
+    def _check_ranks_agree(runner, upsamplers: List[nn.Module], world_size: int) -> None:
+        """Fails loudly if the ranks ended with different upsampler weights."""
+        weights = torch.cat([p.detach().flatten() for m in upsamplers for p in m.parameters()])
+        reference = weights.clone()
+        dist.broadcast(reference, src=0)
+        difference = (weights - reference).abs().max()
+        dist.all_reduce(difference, op=dist.ReduceOp.MAX)
+        if difference > 0:
+            raise RuntimeError('FeatUp pretraining: the ranks ended with different upsampler '
+                               f'weights (max difference {difference.item():.3g})')
+        runner.logger.info('FeatUp pretraining: upsampler weights identical on all '
+                           f'{world_size} ranks')
+
+    def _images(self, runner, model) -> Iterator[torch.Tensor]:
+        """Batches of ``images_per_step`` normalised training images, endlessly."""
+        pending: List[torch.Tensor] = []
+        for data in self._batches(runner):
+            with torch.no_grad():
+                pending.extend(model.data_preprocessor(data, training=True)['inputs'])
+            while len(pending) >= self.images_per_step:
+                yield torch.stack(pending[:self.images_per_step])
+                pending = pending[self.images_per_step:]
+
+    @staticmethod
+    def _batches(runner) -> Iterator[dict]:
+        # An iteration-based loop already holds an endless iterator over the dataloader:
+        # share it, since a second iterator over persistent workers can stall the first.
+        iterator = getattr(runner.train_loop, 'dataloader_iterator', None)
+        while True:
+            if iterator is not None:
+                yield next(iterator)
+            else:
+                yield from runner.train_dataloader
+
+    def _save(self, runner, targets: List[PretrainTarget]) -> None:
+        if dist.is_available() and dist.is_initialized() and dist.get_rank() != 0:
+            return
+        state_dict = {k: v for target in targets for k, v in target.state_dict().items()}
+        meta = dict(steps=self.steps, losses=self.losses, targets=[t.name for t in targets],
+                    **self.criterion_cfg)
+        path = Path(runner.work_dir) / self.checkpoint_name
+        torch.save({'state_dict': state_dict, 'meta': {'featup_pretrain': meta}}, path)
+        runner.logger.info(f'FeatUp pretraining: upsampler weights saved to {path}')

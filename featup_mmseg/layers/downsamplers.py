@@ -1,0 +1,93 @@
+"""FeatUp's learned downsamplers (spec section 5): high-res features -> a low-res grid.
+
+Both slide a k x k window over the high-res map with the stride that lands on the target
+grid, (H - k) // (h - 1) per dimension as in FeatUp; where that stride overshoots, the
+windows beyond the target size are dropped.
+"""
+from typing import Sequence, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def window_grid(input_size: Sequence[int], output_size: Sequence[int],
+                kernel_size: int) -> Tuple[Tuple[int, int], Tuple[int, int]]:
+    """(stride, number of windows) per dimension for k x k windows from input to output;
+    the number of windows is at least the output size."""
+    strides, grid = [], []
+    for n_in, n_out in zip(input_size, output_size):
+        if n_in < kernel_size:
+            raise ValueError(f'downsampler: kernel_size {kernel_size} is larger than the '
+                             f'input size {tuple(input_size)}')
+        stride = n_in - kernel_size + 1 if n_out == 1 else max(1, (n_in - kernel_size) //
+                                                               (n_out - 1))
+        strides.append(stride)
+        grid.append((n_in - kernel_size) // stride + 1)
+    return tuple(strides), tuple(grid)
+
+
+def windows(x: torch.Tensor, kernel_size: int, output_size: Sequence[int]) -> torch.Tensor:
+    """(B, C, k*k, h, w): the k x k windows of x (B, C, H, W) for an (h, w) output."""
+    batch, channels = x.shape[:2]
+    stride, grid = window_grid(x.shape[-2:], output_size, kernel_size)
+    patches = F.unfold(x, kernel_size, stride=stride).view(batch, channels, kernel_size**2, *grid)
+    return patches[..., :output_size[0], :output_size[1]]
+
+
+class SimpleDownsampler(nn.Module):
+    """Depthwise convolution with one learned k x k kernel, normalised to |w| / sum |w|."""
+
+    def __init__(self, kernel_size: int = 16):
+        super().__init__()
+        self.kernel_size = kernel_size
+        self.kernel_params = nn.Parameter(torch.ones(kernel_size, kernel_size))
+
+    def kernel(self) -> torch.Tensor:
+        weights = self.kernel_params.abs()
+        return weights / weights.sum()
+
+    def forward(self, features: torch.Tensor, output_size: Sequence[int]) -> torch.Tensor:
+        channels = features.shape[1]
+        stride, _ = window_grid(features.shape[-2:], output_size, self.kernel_size)
+        kernel = self.kernel().to(features.dtype).expand(channels, 1, -1, -1)
+        out = F.conv2d(features, kernel, stride=stride, groups=channels)
+        return out[:, :, :output_size[0], :output_size[1]]
+
+
+class AttentionDownsampler(nn.Module):
+    """Per output cell, a softmax over its k x k window of ``w * a + b`` weights the
+    high-res features; ``a`` is a learned linear saliency of each feature (dropout 0.2 in
+    training), ``w`` and ``b`` learned k x k tables (init 1 and 0, plus 0.01 noise).
+    Parameter names are FeatUp's (``attention_net.1.*``, ``w``, ``b``)."""
+
+    def __init__(self, feat_dim: int, kernel_size: int = 16):
+        super().__init__()
+        self.kernel_size = kernel_size
+        self.attention_net = nn.Sequential(nn.Dropout(p=0.2), nn.Linear(feat_dim, 1))
+        self.w = nn.Parameter(torch.ones(kernel_size, kernel_size) +
+                              0.01 * torch.randn(kernel_size, kernel_size))
+        self.b = nn.Parameter(torch.zeros(kernel_size, kernel_size) +
+                              0.01 * torch.randn(kernel_size, kernel_size))
+
+    def attention(self, features: torch.Tensor, output_size: Sequence[int]) -> torch.Tensor:
+        """(B, k*k, h, w) window weights, summing to 1 over the taps."""
+        saliency = self.attention_net(features.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        logits = windows(saliency, self.kernel_size, output_size)[:, 0]
+        logits = logits * self.w.reshape(1, -1, 1, 1) + self.b.reshape(1, -1, 1, 1)
+        return torch.softmax(logits, dim=1)
+
+    def forward(self, features: torch.Tensor, output_size: Sequence[int]) -> torch.Tensor:
+        return torch.einsum('bcphw,bphw->bchw', windows(features, self.kernel_size, output_size),
+                            self.attention(features, output_size))
+
+
+DOWNSAMPLERS = ('attention', 'simple')
+
+
+def build_downsampler(kind: str, feat_dim: int, kernel_size: int) -> nn.Module:
+    if kind == 'attention':
+        return AttentionDownsampler(feat_dim, kernel_size)
+    if kind == 'simple':
+        return SimpleDownsampler(kernel_size)
+    raise ValueError(f'downsampler must be one of {DOWNSAMPLERS}, got {kind!r}')

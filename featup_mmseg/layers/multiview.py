@@ -1,0 +1,150 @@
+"""FeatUp's multi-view reconstruction objective (spec section 5), torch only.
+
+An upsampler U is trained against a frozen backbone f: its high-res features of an image
+x, moved by a random jitter T and downsampled by a learned D, must predict f(T(x)) —
+compared through a random projection and, optionally, a learned per-pixel uncertainty.
+"""
+from dataclasses import dataclass
+from typing import Callable, List, Optional, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .downsamplers import build_downsampler
+
+
+@dataclass(frozen=True)
+class Jitter:
+    """One view transform: reflect-pad by ``pad``, zoom (bilinear), crop the original size
+    at (``top``, ``left``), flip horizontally. The same instance moves an image and its
+    (image-sized) features identically."""
+    pad: int
+    zoom: float
+    top: int
+    left: int
+    flip: bool
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        height, width = x.shape[-2:]
+        view = F.pad(x, [self.pad] * 4, mode='reflect') if self.pad else x
+        if self.zoom != 1.0:
+            size = [round(n * self.zoom) for n in view.shape[-2:]]
+            view = F.interpolate(view, size, mode='bilinear', align_corners=False)
+        view = view[..., self.top:self.top + height, self.left:self.left + width]
+        return view.flip(-1) if self.flip else view
+
+
+def sample_jitter(height: int, width: int, max_pad: int, max_zoom: float,
+                  generator: Optional[torch.Generator] = None) -> Jitter:
+    """A random :class:`Jitter`: zoom from U[1, max_zoom] and horizontal flip each with
+    probability 0.5, crop offset uniform over the (zoomed) padded image."""
+
+    if max_pad >= min(height, width):
+        raise ValueError(f'max_pad {max_pad} must be smaller than the image size '
+                         f'({height}, {width}) for reflect padding')
+
+    def uniform() -> float:
+        return torch.rand((), generator=generator).item()
+
+    zoom = 1.0 + (max_zoom - 1.0) * uniform() if uniform() < 0.5 else 1.0
+    padded_h = round((height + 2 * max_pad) * zoom) if zoom != 1.0 else height + 2 * max_pad
+    padded_w = round((width + 2 * max_pad) * zoom) if zoom != 1.0 else width + 2 * max_pad
+    top = int(uniform() * (padded_h - height + 1))
+    left = int(uniform() * (padded_w - width + 1))
+    return Jitter(max_pad, zoom, top, left, uniform() < 0.5)
+
+
+def random_projection(batch: int, channels: int, proj_dim: int, device,
+                      dtype=torch.float32) -> torch.Tensor:
+    """(B, C, proj_dim) Gaussian matrix whose columns have unit norm."""
+    projection = torch.randn(batch, channels, proj_dim, device=device, dtype=dtype)
+    return projection / projection.norm(dim=1, keepdim=True)
+
+
+def total_variation(x: torch.Tensor) -> torch.Tensor:
+    """Mean squared difference of vertical and of horizontal neighbours."""
+    return (x[..., 1:, :] - x[..., :-1, :]).square().mean() + \
+        (x[..., :, 1:] - x[..., :, :-1]).square().mean()
+
+
+class ReconstructionCriterion(nn.Module):
+    """The learned parts of the objective for one feature map of ``feat_dim`` channels:
+    the downsampler D and the uncertainty network N (Conv1x1(C->1), initial weight and
+    bias scaled by 0.1; named ``scale_net`` like FeatUp's).
+
+    ``forward(hr_view, target)`` returns, for projected D(hr_view) and target,
+    mean((P^T pred - P^T y)^2 / (2 s^2) + log s) with s = clamp(exp(N(y) + 0.1), 1e-4)
+    (or the plain mean squared error without uncertainty), plus ``tv_weight`` times the
+    total variation of the projected high-res feature magnitudes.
+    """
+
+    def __init__(self, feat_dim: int, downsampler: str = 'attention', kernel_size: int = 16,
+                 proj_dim: int = 30, uncertainty: bool = True, tv_weight: float = 0.0):
+        super().__init__()
+        self.proj_dim = proj_dim
+        self.tv_weight = tv_weight
+        self.downsampler = build_downsampler(downsampler, feat_dim, kernel_size)
+        if uncertainty:
+            self.scale_net = nn.Conv2d(feat_dim, 1, 1)
+            with torch.no_grad():
+                self.scale_net.weight.mul_(0.1)
+                self.scale_net.bias.mul_(0.1)
+
+    def forward(self, hr_view: torch.Tensor, target: torch.Tensor,
+                with_tv: bool = True) -> torch.Tensor:
+        batch, channels = target.shape[:2]
+        pred = self.downsampler(hr_view, target.shape[-2:])
+        projection = random_projection(batch, channels, self.proj_dim, target.device,
+                                       target.dtype)
+        error = (torch.einsum('bchw,bcd->bdhw', pred - target, projection)).square()
+        if hasattr(self, 'scale_net'):
+            scale = torch.exp(self.scale_net(target) + 0.1).clamp(min=1e-4)
+            loss = (error / (2 * scale**2) + scale.log()).mean()
+        else:
+            loss = error.mean()
+        if self.tv_weight and with_tv:
+            magnitude = torch.einsum('bchw,bcd->bdhw', hr_view, projection).square().sum(
+                1, keepdim=True)
+            loss = loss + self.tv_weight * total_variation(magnitude)
+        return loss
+
+
+FeaturesFn = Callable[[torch.Tensor], List[torch.Tensor]]
+UpsampleFn = Callable[[List[torch.Tensor], torch.Tensor], List[torch.Tensor]]
+
+
+def multiview_reconstruction_loss(images: torch.Tensor, features: FeaturesFn,
+                                  upsample: UpsampleFn, reconstructed: Sequence[int],
+                                  criteria: Sequence[ReconstructionCriterion],
+                                  num_jitters: int = 2, max_pad: int = 30,
+                                  max_zoom: float = 2.0) -> torch.Tensor:
+    """The multi-view loss of one batch, averaged over jitters and upsampled maps.
+
+    Args:
+        images: (B, 3, H, W) normalised images.
+        features: frozen backbone, images -> low-res feature maps (called without grad).
+        upsample: (low-res maps, images) -> high-res versions of the maps ``reconstructed``
+            indexes (resized to (H, W) here if needed); the other maps can guide them.
+        reconstructed: indices of the upsampled maps among ``features``' outputs.
+        criteria: one :class:`ReconstructionCriterion` per upsampled map.
+        num_jitters, max_pad, max_zoom: the views, as :func:`sample_jitter`.
+    """
+    height, width = images.shape[-2:]
+    with torch.no_grad():
+        low_res = features(images)
+    high_res = [
+        hr if hr.shape[-2:] == (height, width) else
+        F.interpolate(hr, (height, width), mode='bilinear', align_corners=False)
+        for hr in upsample(low_res, images)
+    ]
+    total = 0.0
+    for index in range(num_jitters):
+        jitter = sample_jitter(height, width, max_pad, max_zoom)
+        with torch.no_grad():
+            views = features(jitter(images))
+        targets = [views[i] for i in reconstructed]
+        for criterion, hr, target in zip(criteria, high_res, targets):
+            total = total + criterion(jitter(hr), target, with_tv=index == 0)
+    return total / (num_jitters * len(criteria))
+

@@ -1,0 +1,114 @@
+"""Visualise a backbone's features and their upsampling (FeatUp paper, Figure 5 style).
+
+Writes a PNG with the image, the backbone's low-res features, the features upsampled
+bilinearly and by the JBU neck's upsampler, all mapped to RGB by one PCA fitted on the
+low-res features. The config's model needs a JBUNeck (e.g.
+configs/featup_pretrain/vit-s16_featup-jbu-pretrain_224px.py). Without checkpoints the
+weights are random.
+
+    python tools/visualize_features.py IMAGE CONFIG [--checkpoint MODEL.pth]
+        [--upsampler UPSAMPLER.pth] [--size H W] [--out features.png]
+
+--checkpoint loads model (or backbone) weights as mmengine does, reporting any mismatch;
+--upsampler loads the neck's weights strictly: the output of tools/pretrain_upsampler.py
+(keys 'neck.*') or of tools/convert_featup_checkpoint.py (keys 'upsampler.*', 'norm.*').
+"""
+import argparse
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+from mmengine.config import Config, DictAction
+from mmengine.registry import init_default_scope
+from mmengine.runner import load_checkpoint
+from mmengine.runner.checkpoint import CheckpointLoader
+from mmseg.registry import MODELS
+
+import featup_mmseg  # noqa: F401  (registrations)
+from featup_mmseg.layers import load_state_dict_strict
+
+
+def pca_basis(features: torch.Tensor, components: int = 3):
+    """(mean, basis) of the top principal components of (C, H, W) features' pixels."""
+    pixels = features.flatten(1).T
+    mean = pixels.mean(0, keepdim=True)
+    _, _, basis = torch.linalg.svd(pixels - mean, full_matrices=False)
+    return mean, basis[:components].T
+
+
+def to_rgb(features: torch.Tensor, mean, basis, low, high) -> np.ndarray:
+    """(H, W, 3) uint8 image of (C, H, W) features in the PCA basis, scaled by low/high."""
+    projected = ((features.flatten(1).T - mean) @ basis).T.reshape(-1, *features.shape[1:])
+    scaled = ((projected - low[:, None, None]) / (high - low)[:, None, None]).clamp(0, 1)
+    return (scaled.permute(1, 2, 0).numpy() * 255).astype(np.uint8)
+
+
+def load_upsampler(neck, path: str) -> None:
+    """Strictly loads neck weights, keyed 'neck.*' (pretraining) or as the neck (converted)."""
+    state_dict = CheckpointLoader.load_checkpoint(path, map_location='cpu')
+    state_dict = state_dict.get('state_dict', state_dict)
+    if any(key.startswith('neck.') for key in state_dict):
+        state_dict = {k[len('neck.'):]: v for k, v in state_dict.items() if k.startswith('neck.')}
+    load_state_dict_strict(neck, state_dict, f'upsampler checkpoint {path}')
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('image', help='image file')
+    parser.add_argument('config', help='config whose model has a JBUNeck')
+    parser.add_argument('--checkpoint', help='model or backbone weights')
+    parser.add_argument('--upsampler', help='JBU neck weights')
+    parser.add_argument('--size', type=int, nargs=2, metavar=('H', 'W'), default=None,
+                        help='resize the image to this size first (default: 224 x 224)')
+    parser.add_argument('--out', type=Path, default=Path('features.png'))
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override config settings, key=value')
+    args = parser.parse_args()
+
+    cfg = Config.fromfile(args.config)
+    if args.cfg_options:
+        cfg.merge_from_dict(args.cfg_options)
+    init_default_scope(cfg.get('default_scope', 'mmseg'))
+    model = MODELS.build(cfg.model).eval()
+    neck = getattr(model, 'neck', None)
+    if not getattr(neck, 'requires_image', False) or not hasattr(neck, 'upsampler'):
+        raise SystemExit(f'{args.config}: the model needs a JBUNeck (model.neck) to visualise '
+                         'its upsampling')
+    if args.checkpoint:
+        load_checkpoint(model, args.checkpoint, map_location='cpu', strict=False)
+    if args.upsampler:
+        load_upsampler(neck, args.upsampler)
+
+    image = cv2.imread(args.image)
+    if image is None:
+        raise SystemExit(f'cannot read image {args.image}')
+    height, width = args.size or (224, 224)
+    image = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
+    batch = dict(inputs=[torch.from_numpy(image).permute(2, 0, 1)])
+    with torch.no_grad():
+        inputs = model.data_preprocessor(batch, False)['inputs'][..., :height, :width]
+        low_res = neck.select(model.backbone(inputs))
+        bilinear = F.interpolate(low_res, (height, width), mode='bilinear',
+                                 align_corners=False)
+        jbu = neck.upsampler(low_res, inputs, output_size=(height, width))
+    mean, basis = pca_basis(low_res[0])
+    projected = ((low_res[0].flatten(1).T - mean) @ basis)
+    low, high = projected.quantile(0.01, dim=0), projected.quantile(0.99, dim=0)
+    panels = [image] + [
+        cv2.cvtColor(to_rgb(f[0], mean, basis, low, high), cv2.COLOR_RGB2BGR)
+        for f in (F.interpolate(low_res, (height, width), mode='nearest'), bilinear, jbu)
+    ]
+    header = np.full((28, width * len(panels), 3), 255, np.uint8)
+    for index, title in enumerate(['image', f'low-res {tuple(low_res.shape[-2:])}', 'bilinear',
+                                   'JBU']):
+        cv2.putText(header, title, (index * width + 6, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.55,
+                    (0, 0, 0), 1)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(args.out), np.concatenate([header, np.concatenate(panels, axis=1)], 0))
+    print(f'wrote {args.out}')
+
+
+if __name__ == '__main__':
+    main()
