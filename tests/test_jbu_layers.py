@@ -215,3 +215,18 @@ def test_stage_never_unfolds_or_pads(monkeypatch, range_kernel):
     monkeypatch.setattr(F, 'pad', forbidden)
     stage(source, guidance).sum().backward()
     assert source.grad is not None and guidance.grad is not None
+
+
+def test_stage_runs_under_autocast():
+    # mixed precision (tools/train.py --amp on GPU): the conv outputs come out in bfloat16 or
+    # float16 while the resize stays in float32; the stage keeps its operands consistent.
+    torch.manual_seed(0)
+    stage = JBUStage(guidance_dim=16).eval()
+    source = torch.randn(2, 8, 8, 8, requires_grad=True)
+    guidance = torch.randn(2, 16, 16, 16)
+    reference = stage(source, guidance)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        out = stage(source, guidance)
+    assert (out.float() - reference).abs().max() < 0.02 * reference.abs().max()
+    out.float().sum().backward()
+    assert source.grad is not None and torch.isfinite(source.grad).all()

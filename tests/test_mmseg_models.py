@@ -201,14 +201,19 @@ def test_neck_output_sizes_and_passthrough():
     assert out[0] is features[0]  # other levels pass through
 
 
-def test_timm_backbone_behind_jbu_neck():
+@pytest.mark.parametrize('timm_backbone, channels', [
+    (dict(model_name='resnet18', out_indices=(1, 2, 3, 4)), 512),
+    (dict(model_name='vit_tiny_patch16_224', out_indices=(11, ), img_size=64), 192),
+], ids=['resnet18', 'vit_tiny_patch16_224'])
+def test_timm_backbones_behind_jbu_neck(timm_backbone, channels):
     model = MODELS.build(
         _segmentor(
-            backbone=dict(type='TIMMBackbone', model_name='resnet18', features_only=True,
-                          pretrained=False, out_indices=(1, 2, 3, 4)),
-            neck=dict(type='JBUNeck', in_channels=512, out_stride=8, num_stages=2),
-            head=dict(type='FCNHead', in_channels=512, in_index=-1, channels=64, num_convs=1,
-                      concat_input=False, num_classes=3, norm_cfg=dict(type='BN'))))
+            backbone=dict(type='TIMMBackbone', features_only=True, pretrained=False,
+                          **timm_backbone),
+            neck=dict(type='JBUNeck', in_channels=channels, out_stride=8, num_stages=2),
+            head=dict(type='FCNHead', in_channels=channels, in_index=-1, channels=64,
+                      num_convs=1, concat_input=False, num_classes=3,
+                      norm_cfg=dict(type='BN'))))
     inputs, samples = _batch(size=64)
     assert model(inputs, mode='tensor').shape == (2, 3, 8, 8)
     assert torch.isfinite(model(inputs, samples, mode='loss')['decode.loss_ce'])

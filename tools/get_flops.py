@@ -9,7 +9,10 @@ comparable with mmseg's and the FeatUp paper's tables):
 - window_correlation: B * D * H * W * k*k
 - upsample_bicubic2d: 16 per output element (mmengine counts 4 for bilinear)
 
-    python tools/get_flops.py CONFIG [CONFIG ...] [--shape 512 512]
+    python tools/get_flops.py [CONFIG ...] [--shape 512 512]
+
+Without configs it reports the ADE20K configs of configs/featup_segformer and
+configs/featup_neck.
 """
 import argparse
 import math
@@ -24,6 +27,8 @@ from mmengine.registry import init_default_scope
 from mmseg.registry import MODELS
 
 import featup_mmseg  # noqa: F401  (registrations)
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def adaptive_conv_flops(inputs, outputs):
@@ -66,7 +71,9 @@ def complexity(config: str, shape, cfg_options=None) -> dict:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    parser.add_argument('configs', nargs='+', help='config files')
+    parser.add_argument('configs', nargs='*', help='config files (default: the ADE20K ones)',
+                        default=sorted(str(p) for folder in ('featup_segformer', 'featup_neck')
+                                       for p in (ROOT / 'configs' / folder).glob('*.py')))
     parser.add_argument('--shape', type=int, nargs=2, default=[512, 512], metavar=('H', 'W'),
                         help='input image size')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,

@@ -78,6 +78,10 @@ class JBUStage(nn.Module):
     def range_kernel(self, guidance: torch.Tensor) -> torch.Tensor:
         """(B, k*k, H, W) similarity of each guidance pixel to its window."""
         keys = guidance if self.range_kernel_type == 'no_mlp' else self.range_proj(guidance)
+        if keys.dtype in (torch.float16, torch.bfloat16):
+            # Under mixed precision: similarities feed a sharp softmax or exponential, and
+            # the keys have few channels, so compare them in float32.
+            keys = keys.float()
         if self.range_kernel_type in ('softmax', 'no_mlp'):
             temperature = self.range_temp.exp().clamp(1e-4, 1e4)
             logits = window_correlation(keys, self.kernel_size, PADDING_MODE)
