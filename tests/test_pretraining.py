@@ -9,6 +9,7 @@ import torch
 from helpers import ROOT, run_tool
 from mmengine.config import Config
 from mmengine.registry import init_default_scope
+from mmengine.runner import Runner
 from mmengine.runner.checkpoint import CheckpointLoader
 from mmseg.registry import HOOKS, MODELS
 
@@ -204,3 +205,25 @@ def test_visualize_features(data_root, tmp_path):
     panels = figure[28:].reshape(96, 4, 128, 3).transpose(1, 0, 2, 3)
     assert all(panel.std() > 0 for panel in panels)  # every panel shows something
     assert not (panels[2] == panels[3]).all()  # JBU differs from bilinear
+
+
+def test_pretraining_freezes_the_backbone_and_leaves_no_gradients(data_root, tmp_path):
+    cfg = Config.fromfile(PRETRAIN_DEMO)
+    cfg.work_dir = str(tmp_path)
+    cfg.custom_hooks[0].steps = 2
+    for name in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
+        cfg[name].dataset.data_root = str(data_root)
+        cfg[name].num_workers, cfg[name].persistent_workers = 0, False
+    runner = Runner.from_cfg(cfg)
+    hook, = [h for h in runner.hooks if isinstance(h, FeatUpPretrainHook)]
+    model = runner.model
+    model.train()
+    frozen = {k: v.clone() for k, v in model.backbone.state_dict().items()}
+    upsampler = {k: v.clone() for k, v in model.neck.upsampler.state_dict().items()}
+    assert len(hook.pretrain(runner)) == 2
+    for key, value in model.backbone.state_dict().items():
+        torch.testing.assert_close(value, frozen[key], rtol=0, atol=0)
+    assert any(not torch.equal(v, upsampler[k])
+               for k, v in model.neck.upsampler.state_dict().items())
+    assert all(p.grad is None for p in model.parameters())  # nothing leaks into training
+    assert model.training and model.backbone.training  # modes restored

@@ -200,6 +200,7 @@ class FeatUpPretrainHook(Hook):
             if step % self.log_interval == 0 or step in (1, self.steps):
                 runner.logger.info(f'FeatUp pretraining [{step}/{self.steps}]  '
                                    f'loss: {self.losses[-1]:.4f}')
+        optimizer.zero_grad(set_to_none=True)  # leave no gradients to the training's first step
         model.train(was_training)
         if world_size > 1:
             self._check_ranks_agree(runner, [t.upsampler for t in targets], world_size)
