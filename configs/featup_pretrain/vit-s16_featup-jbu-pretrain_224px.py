@@ -39,9 +39,8 @@ custom_hooks = [
         optimizer=dict(type='NAdam', lr=1e-3))
 ]
 
-train_pipeline = [
+train_pipeline = [  # images only: pretraining uses no labels
     dict(type='LoadImageFromFile'),
-    dict(type='LoadAnnotations', reduce_zero_label=True),
     # shorter side to 224, then a random 224 x 224 crop
     dict(type='RandomResize', scale=(2 * 224, 224), ratio_range=(1.0, 1.0), keep_ratio=True),
     dict(type='RandomCrop', crop_size=image_size),
