@@ -1,12 +1,8 @@
 """FeatUp's multi-view pretraining: views, downsamplers, the hook, its tools."""
-import os
-import subprocess
-import sys
-
 import cv2
 import pytest
 import torch
-from helpers import ROOT, run_tool
+from helpers import ROOT, run_tool, run_torchrun
 from mmengine.config import Config
 from mmengine.registry import init_default_scope
 from mmengine.runner import Runner
@@ -180,15 +176,9 @@ def test_training_runs_the_hook_once_and_resume_skips_it(data_root, tmp_path):
 
 
 def test_two_process_pretraining_ends_with_identical_weights(data_root, tmp_path):
-    env = {**os.environ, 'OMP_NUM_THREADS': '1'}
-    result = subprocess.run([
-        sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2',
-        '--master_port=29533',
-        str(ROOT / 'tools' / 'pretrain_upsampler.py'), str(PRETRAIN_DEMO), '--launcher',
-        'pytorch', '--work-dir', str(tmp_path),
-        *_data_options(data_root, 'custom_hooks.0.steps=4')
-    ], capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_torchrun('pretrain_upsampler.py', PRETRAIN_DEMO, '--launcher', 'pytorch',
+                          '--work-dir', tmp_path, *_data_options(data_root, 'custom_hooks.0.steps=4'),
+                          port=29533)
     # the hook compares every rank's weights with rank 0's and fails on any difference
     assert 'upsampler weights identical on all 2 ranks' in result.stdout + result.stderr
     assert (tmp_path / 'featup_pretrained_upsampler.pth').exists()
