@@ -13,7 +13,8 @@ def run_tool(name, *args, timeout=600, env=None):
     """Runs tools/<name> with this interpreter from the repository root; must succeed."""
     result = subprocess.run([sys.executable, str(ROOT / 'tools' / name), *map(str, args)],
                             capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env)
-    assert result.returncode == 0, f'{name} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}'
+    assert result.returncode == 0, \
+        f'{name} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}'
     return result
 
 

@@ -17,7 +17,7 @@ from featup_mmseg.models import FeatUpSegformerHead, GuidedEncoderDecoder, JBUNe
 
 ROOT = Path(__file__).resolve().parents[1]
 ADE_CONFIGS = sorted((ROOT / 'configs' / 'featup_segformer').glob('*.py'))
-NECK_CONFIG = ROOT / 'configs' / 'featup_neck' / 'vit-s16_jbu-neck_linear_8xb2-80k_ade20k-512x512.py'
+NECK_CONFIG = ROOT / 'configs/featup_neck/vit-s16_jbu-neck_linear_8xb2-80k_ade20k-512x512.py'
 
 init_default_scope('mmseg')
 

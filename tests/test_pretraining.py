@@ -177,7 +177,8 @@ def test_training_runs_the_hook_once_and_resume_skips_it(data_root, tmp_path):
 
 def test_two_process_pretraining_ends_with_identical_weights(data_root, tmp_path):
     result = run_torchrun('pretrain_upsampler.py', PRETRAIN_DEMO, '--launcher', 'pytorch',
-                          '--work-dir', tmp_path, *_data_options(data_root, 'custom_hooks.0.steps=4'),
+                          '--work-dir', tmp_path,
+                          *_data_options(data_root, 'custom_hooks.0.steps=4'),
                           port=29533)
     # the hook compares every rank's weights with rank 0's and fails on any difference
     assert 'upsampler weights identical on all 2 ranks' in result.stdout + result.stderr

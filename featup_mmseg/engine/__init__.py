@@ -9,6 +9,6 @@ from .run_config import add_run_arguments, load_run_config
 allow_mmengine_checkpoint_globals()
 
 __all__ = [
-    'FeatUpPretrainHook', 'add_run_arguments', 'allow_mmengine_checkpoint_globals', 'load_run_config',
-    'prepare_cpu_distributed'
+    'FeatUpPretrainHook', 'add_run_arguments', 'allow_mmengine_checkpoint_globals',
+    'load_run_config', 'prepare_cpu_distributed'
 ]
