@@ -27,7 +27,6 @@ from mmengine.runner.checkpoint import CheckpointLoader
 from mmseg.registry import MODELS
 
 import featup_mmseg  # noqa: F401  (registrations)
-from featup_mmseg.layers import load_state_dict_strict
 
 
 def pca_basis(features: torch.Tensor, components: int = 3):
@@ -49,9 +48,8 @@ def load_upsampler(neck, path: str) -> None:
     """Strictly loads neck weights, keyed 'neck.*' (pretraining) or as the neck (converted)."""
     state_dict = CheckpointLoader.load_checkpoint(path, map_location='cpu')
     state_dict = state_dict.get('state_dict', state_dict)
-    if any(key.startswith('neck.') for key in state_dict):
-        state_dict = {k[len('neck.'):]: v for k, v in state_dict.items() if k.startswith('neck.')}
-    load_state_dict_strict(neck, state_dict, f'upsampler checkpoint {path}')
+    prefix = 'neck.' if any(key.startswith('neck.') for key in state_dict) else None
+    neck.load_weights(state_dict, prefix, f'upsampler checkpoint {path}')
 
 
 def main():

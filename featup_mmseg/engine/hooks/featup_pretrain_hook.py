@@ -6,6 +6,7 @@ from typing import Callable, Iterator, List, Optional
 import torch
 import torch.distributed as dist
 import torch.nn as nn
+from mmengine.dist import get_world_size, is_main_process
 from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 from mmengine.registry import OPTIMIZERS
@@ -75,10 +76,6 @@ def find_targets(model: nn.Module, target: str) -> List[PretrainTarget]:
             'pretrain; it needs a JBUNeck (with GuidedEncoderDecoder) or a '
             'FeatUpSegformerHead with JBU stages')
     return targets
-
-
-def _world_size() -> int:
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
 @HOOKS.register_module()
@@ -167,7 +164,7 @@ class FeatUpPretrainHook(Hook):
         ]
         params = [p for target in targets for p in target.upsampler.parameters()]
         params += [p for criterion in criteria for p in criterion.parameters()]
-        world_size = _world_size()
+        world_size = get_world_size()
         if world_size > 1:
             for param in params:
                 dist.broadcast(param.data, src=0)
@@ -244,7 +241,7 @@ class FeatUpPretrainHook(Hook):
                 yield from runner.train_dataloader
 
     def _save(self, runner, targets: List[PretrainTarget]) -> None:
-        if dist.is_available() and dist.is_initialized() and dist.get_rank() != 0:
+        if not is_main_process():
             return
         state_dict = {k: v for target in targets for k, v in target.state_dict().items()}
         meta = dict(steps=self.steps, losses=self.losses, targets=[t.name for t in targets],

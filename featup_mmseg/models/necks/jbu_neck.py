@@ -116,9 +116,12 @@ class JBUNeck(BaseModule):
     def load_pretrained(self, checkpoint: str, prefix: Optional[str] = None) -> None:
         """Strictly loads the neck's weights from a checkpoint file or URL."""
         loaded = CheckpointLoader.load_checkpoint(checkpoint, map_location='cpu')
-        state_dict = loaded.get('state_dict', loaded)
+        self.load_weights(loaded.get('state_dict', loaded), prefix, f'checkpoint {checkpoint}')
+
+    def load_weights(self, state_dict: dict, prefix: Optional[str], source: str) -> None:
+        """Strictly loads ``state_dict`` (its ``prefix``-ed keys only, if a prefix is given)."""
         if prefix:
             prefix = prefix if prefix.endswith('.') else prefix + '.'
             state_dict = {k[len(prefix):]: v for k, v in state_dict.items()
                           if k.startswith(prefix)}
-        load_state_dict_strict(self, state_dict, f'checkpoint {checkpoint}')
+        load_state_dict_strict(self, state_dict, source)
