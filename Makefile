@@ -1,6 +1,10 @@
 # `make demo` and `make test` set everything up on a fresh machine: a virtual environment
 # in .venv, the pinned stack (requirements/), and the compiled ops featup_mmseg._ext (CPU
 # kernels always; CUDA kernels too wherever nvcc is found, even without a GPU).
+# `make test` also tests the oldest supported stack (torch 2.1.2 + mmcv 2.1.0,
+# requirements/torch21.txt) in .venv-torch21, on a copy of the sources in build/torch21 (the
+# two stacks' extensions would overwrite each other in place). `make test-default` tests the
+# default stack only.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
@@ -15,16 +19,28 @@ CUDA_HOME := $(shell command -v nvcc >/dev/null 2>&1 && \
 endif
 export CUDA_HOME
 
+LEGACY_OPS_ENV := FEATUP_MMSEG_LEGACY_OPS
 DEPS_STAMP := $(VENV)/.featup-deps
 EXT_STAMP := $(VENV)/.featup-ext
 EXT_SOURCES := setup.py $(shell find csrc -type f)
 
-.PHONY: install demo test bench clean
+OLDEST_VENV ?= .venv-torch21
+OLDEST_PY := $(abspath $(OLDEST_VENV))/bin/python
+OLDEST_SRC := build/torch21
+OLDEST_DEPS_STAMP := $(OLDEST_VENV)/.featup-deps
+OLDEST_EXT_STAMP := $(OLDEST_VENV)/.featup-ext
+# the test files that run again with the ops behind torch.autograd.Function
+LEGACY_OPS_TESTS := tests/test_ops.py tests/test_jbu_layers.py
+
+.PHONY: install demo test test-default test-oldest oldest-sources bench clean
 
 install: $(EXT_STAMP)
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
+
+$(OLDEST_PY):
+	$(PYTHON) -m venv $(OLDEST_VENV)
 
 # Every later install is constrained by build.txt: torch alone would pull a setuptools
 # without pkg_resources, which mmcv's setup needs.
@@ -40,14 +56,41 @@ $(EXT_STAMP): $(DEPS_STAMP) $(EXT_SOURCES)
 	$(PIP) install --no-build-isolation --no-deps -e .
 	touch $@
 
+# The oldest stack's own constraints come first: its torch, and numpy < 2 for mmcv's build.
+$(OLDEST_DEPS_STAMP): $(wildcard requirements/*.txt) | $(OLDEST_PY)
+	$(OLDEST_PY) -m pip install -r requirements/build.txt
+	$(OLDEST_PY) -m pip install -c requirements/build.txt -r requirements/torch21.txt
+	MMCV_WITH_OPS=1 $(OLDEST_PY) -m pip install -c requirements/build.txt \
+		-c requirements/torch21.txt --no-build-isolation -r requirements/mmcv.txt
+	$(OLDEST_PY) -m pip install -c requirements/build.txt -c requirements/torch21.txt \
+		-r requirements/runtime.txt -r requirements/tests.txt
+	touch $@
+
+# The working tree's files (tracked, and untracked but not ignored), copied with their times.
+oldest-sources:
+	mkdir -p $(OLDEST_SRC)
+	find $(OLDEST_SRC) -type f ! -name '*.so' ! -path '$(OLDEST_SRC)/build/*' -delete
+	git ls-files -co --exclude-standard | while read -r f; do [ -f "$$f" ] && echo "$$f"; \
+		done | tar -cf - -T - | tar -xf - -C $(OLDEST_SRC)
+
+$(OLDEST_EXT_STAMP): $(OLDEST_DEPS_STAMP) $(EXT_SOURCES) | oldest-sources
+	cd $(OLDEST_SRC) && $(OLDEST_PY) -m pip install --no-build-isolation --no-deps -e .
+	touch $@
+
 demo: install
 	$(PY) tools/demo.py
 
-test: install
+test: test-default test-oldest
+
+test-default: install
 	$(PY) -m pytest tests
+	$(LEGACY_OPS_ENV)=1 $(PY) -m pytest $(LEGACY_OPS_TESTS)
+
+test-oldest: oldest-sources $(OLDEST_EXT_STAMP)
+	cd $(OLDEST_SRC) && $(OLDEST_PY) -m pytest tests
 
 bench: install
 	$(PY) tools/benchmark_ops.py
 
 clean:
-	rm -rf build featup_mmseg/_ext*.so *.egg-info $(EXT_STAMP)
+	rm -rf build featup_mmseg/_ext*.so *.egg-info $(EXT_STAMP) $(OLDEST_EXT_STAMP)

@@ -1,17 +1,33 @@
 """Builds featup_mmseg and its compiled ops, featup_mmseg._ext.
 
-CPU kernels are always built. CUDA kernels are built when a CUDA toolkit and a
-CUDA-enabled torch are present; FORCE_CUDA=1 insists on them (failing without a
-toolkit), FORCE_CUDA=0 skips them. Without a visible GPU, TORCH_CUDA_ARCH_LIST defaults
-to '8.0;9.0+PTX' (Ampere, Hopper, and newer GPUs through PTX).
+Builds against the torch that is installed and never installs or upgrades torch (torch
+2.1 and newer; see README). Install into an environment with torch:
+``pip install --no-build-isolation .`` (or ``-e .``).
 
-Install with ``pip install --no-build-isolation -e .`` into an environment with torch.
+CPU kernels are always built. CUDA kernels are built when a CUDA toolkit and a CUDA-enabled
+torch of the same CUDA major version are present; FORCE_CUDA=1 insists on them (failing
+without a toolkit or on a version mismatch), FORCE_CUDA=0 skips them. Without a visible GPU,
+TORCH_CUDA_ARCH_LIST defaults to Volta to Hopper plus PTX for newer GPUs: '7.0;7.5;8.0;8.6;
+9.0+PTX' (CUDA 13 toolkits no longer compile for Volta: '7.5;8.0;8.6;9.0+PTX' there).
 """
 import os
+import re
+import subprocess
 
 from setuptools import find_packages, setup
 
-DEFAULT_CUDA_ARCH_LIST = '8.0;9.0+PTX'
+DEFAULT_CUDA_ARCH_LIST = '7.0;7.5;8.0;8.6;9.0+PTX'
+# CUDA 13 dropped sm_70 (Volta)
+DEFAULT_CUDA_13_ARCH_LIST = '7.5;8.0;8.6;9.0+PTX'
+
+
+def _toolkit_major(cuda_home) -> int:
+    nvcc = os.path.join(cuda_home, 'bin', 'nvcc')
+    output = subprocess.run([nvcc, '--version'], capture_output=True, text=True).stdout
+    match = re.search(r'release (\d+)\.', output)
+    if match is None:
+        raise RuntimeError(f'could not read the CUDA version from `{nvcc} --version`')
+    return int(match.group(1))
 
 
 def _with_cuda(torch, cuda_home) -> bool:
@@ -20,9 +36,15 @@ def _with_cuda(torch, cuda_home) -> bool:
         if cuda_home is None:
             raise RuntimeError('FORCE_CUDA=1 but no CUDA toolkit was found; set CUDA_HOME')
         return True
-    if force == '0':
+    if force == '0' or cuda_home is None or torch.version.cuda is None:
         return False
-    return cuda_home is not None and torch.version.cuda is not None
+    toolkit, built_with = _toolkit_major(cuda_home), int(torch.version.cuda.split('.')[0])
+    if toolkit != built_with:
+        print(f'featup_mmseg: building CPU kernels only: the CUDA toolkit at {cuda_home} is '
+              f'CUDA {toolkit}, torch was built with CUDA {torch.version.cuda} (a toolkit of '
+              'the same major version is needed; FORCE_CUDA=1 to try anyway)')
+        return False
+    return True
 
 
 def make_extension():
@@ -37,7 +59,9 @@ def make_extension():
         return CppExtension('featup_mmseg._ext', sources,
                             extra_compile_args=extra_compile_args, **kwargs)
     if not os.environ.get('TORCH_CUDA_ARCH_LIST') and not torch.cuda.is_available():
-        os.environ['TORCH_CUDA_ARCH_LIST'] = DEFAULT_CUDA_ARCH_LIST
+        os.environ['TORCH_CUDA_ARCH_LIST'] = (DEFAULT_CUDA_13_ARCH_LIST
+                                              if _toolkit_major(CUDA_HOME) >= 13
+                                              else DEFAULT_CUDA_ARCH_LIST)
     extra_compile_args['nvcc'] = ['-O3', '-lineinfo']
     return CUDAExtension('featup_mmseg._ext', sources + ['csrc/cuda/window_ops_cuda.cu'],
                          define_macros=[('WITH_CUDA', None)],
@@ -57,8 +81,9 @@ def main():
         long_description=open('README.md').read() if os.path.exists('README.md') else '',
         long_description_content_type='text/markdown',
         packages=find_packages(include=['featup_mmseg', 'featup_mmseg.*']),
-        python_requires='>=3.9',
-        install_requires=['torch>=2.4'],
+        python_requires='>=3.8',
+        # never forces a torch upgrade under a compiled mmcv
+        install_requires=['torch>=2.1'],
         ext_modules=[make_extension()],
         cmdclass={'build_ext': BuildExtension},
         zip_safe=False,

@@ -57,6 +57,8 @@ void check_companion(const char* op, const char* ref_name, const at::Tensor& ref
               other.sizes());
 }
 
+// Launchers are only called for non-empty outputs: on a zero-width or zero-height map the
+// border mapping has no source index to return, so callers return before launching.
 WindowGeometry make_geometry(const char* op, const at::Tensor& t, int64_t kernel_size,
                              c10::string_view padding_mode) {
   TORCH_CHECK(kernel_size > 0 && kernel_size % 2 == 1, op,
@@ -85,6 +87,9 @@ at::Tensor correlate(const char* op, const char* a_name, const at::Tensor& a, co
               " channels like ", b_name, ", got ", a.size(1));
   const WindowGeometry g = make_geometry(op, b, kernel_size, padding_mode);
   at::Tensor out = at::empty({b.size(0), g.taps(), g.height, g.width}, b.options());
+  if (out.numel() == 0) return out;
+  // No channels to sum over (the launchers never see an empty input: see below).
+  if (a.size(1) == 0) return out.zero_();
   FEATUP_LAUNCHER(window_correlate)(a.contiguous(), b.contiguous(), out, g);
   return out;
 }
@@ -99,6 +104,7 @@ at::Tensor kernel_over_planes(const char* op, const char* planes_name, const at:
   const WindowGeometry g = make_geometry(op, planes, k, padding_mode);
   const at::Tensor planes_c = planes.contiguous();
   at::Tensor out = at::empty_like(planes_c);
+  if (out.numel() == 0) return out;
   launcher(kernel.contiguous(), planes_c, out, g);
   return out;
 }
@@ -120,6 +126,7 @@ at::Tensor window_correlation_backward(const at::Tensor& grad, const at::Tensor&
               grad.size(1));
   const at::Tensor keys_c = keys.contiguous();
   at::Tensor out = at::empty_like(keys_c);
+  if (out.numel() == 0) return out;
   FEATUP_LAUNCHER(window_correlation_backward)(grad.contiguous(), keys_c, out, g);
   return out;
 }

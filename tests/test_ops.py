@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from featup_mmseg.ops import (PADDING_MODES, adaptive_conv, adaptive_conv_reference,
                               ext_available, use_reference_ops, window_correlation,
                               window_correlation_reference)
+from featup_mmseg.ops import window_ops
 
 CUDA = pytest.param('cuda', marks=pytest.mark.skipif(not torch.cuda.is_available(),
                                                       reason='no CUDA device'))
@@ -23,6 +24,24 @@ def test_extension_is_built():
     # Every other test here would silently exercise the reference without it.
     assert ext_available()
     assert ext_available('cpu')
+
+
+def test_registration_follows_capability_and_environment():
+    # `make test` runs this file twice on every stack: once as torch allows, once with the
+    # legacy path forced, so a path that silently stayed unused would fail here.
+    if os.environ.get(window_ops.LEGACY_OPS_ENV) == '1' \
+            or not hasattr(torch.library, 'register_autograd'):
+        assert window_ops.REGISTRATION == 'autograd_function'
+    else:
+        assert window_ops.REGISTRATION == 'dispatcher'
+
+
+def test_bad_legacy_ops_environment_is_rejected():
+    env = {**os.environ, window_ops.LEGACY_OPS_ENV: 'yes'}
+    result = subprocess.run([sys.executable, '-c', 'import featup_mmseg.ops'],
+                            capture_output=True, text=True, env=env)
+    assert result.returncode != 0
+    assert "FEATUP_MMSEG_LEGACY_OPS must be 0 or 1, got 'yes'" in result.stderr
 
 
 # ----------------------------------------------------------------------------------------
@@ -43,6 +62,37 @@ def test_adaptive_conv_gradcheck(kernel_size, padding_mode):
     kernel = torch.randn(2, kernel_size**2, 5, 6, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(
         lambda a, b: adaptive_conv(a, b, padding_mode), (x, kernel))
+
+
+@pytest.mark.parametrize('padding_mode', PADDING_MODES)
+def test_window_correlation_gradgradcheck(padding_mode):
+    keys = torch.randn(2, 3, 6, 5, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradgradcheck(lambda q: window_correlation(q, 5, padding_mode),
+                                        (keys,))
+
+
+@pytest.mark.parametrize('padding_mode', PADDING_MODES)
+def test_adaptive_conv_gradgradcheck(padding_mode):
+    x = torch.randn(2, 2, 5, 6, dtype=torch.float64, requires_grad=True)
+    kernel = torch.randn(2, 9, 5, 6, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradgradcheck(lambda a, b: adaptive_conv(a, b, padding_mode),
+                                        (x, kernel))
+
+
+def test_third_derivatives_match_reference():
+    # The derivative rules are written in terms of the ops themselves: any order works.
+    def third(window_op, conv_op, q, x):
+        out = conv_op(x, torch.softmax(window_op(q, 3, 'reflect'), 1), 'reflect')
+        g, = torch.autograd.grad(out.square().sum(), q, create_graph=True)
+        gg, = torch.autograd.grad(g.square().sum(), q, create_graph=True)
+        return torch.autograd.grad(gg.sin().sum(), (q, x))
+
+    q = torch.randn(1, 3, 6, 7, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(1, 2, 6, 7, dtype=torch.float64, requires_grad=True)
+    got = third(window_correlation, adaptive_conv, q, x)
+    want = third(window_correlation_reference, adaptive_conv_reference, q, x)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-10)
 
 
 def test_every_tap_receives_kernel_gradient():
@@ -137,10 +187,47 @@ def test_non_contiguous_inputs(device):
     torch.testing.assert_close(got, want)
 
 
-def test_empty_batch():
-    x = torch.randn(0, 3, 8, 8)
-    assert adaptive_conv(x, torch.randn(0, 9, 8, 8)).shape == (0, 3, 8, 8)
-    assert window_correlation(x, 3).shape == (0, 9, 8, 8)
+EMPTY_SHAPES = [(0, 3, 8, 8), (1, 0, 8, 8), (1, 2, 8, 0), (1, 2, 0, 8), (2, 3, 0, 0)]
+
+
+@pytest.mark.parametrize('shape', EMPTY_SHAPES, ids=str)
+@pytest.mark.parametrize('padding_mode', ['zeros', 'replicate'])
+@pytest.mark.parametrize('implementation', ['public', 'dispatcher'])
+def test_empty_maps(shape, padding_mode, implementation):
+    # Zero-sized maps once read out of bounds in the border mapping (SIGSEGV).
+    batch, channels, height, width = shape
+    x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+    kernel = torch.randn(batch, 9, height, width, dtype=torch.float64, requires_grad=True)
+    if implementation == 'public':
+        logits = window_correlation(x, 3, padding_mode)
+        out = adaptive_conv(x, kernel, padding_mode)
+    else:
+        logits = torch.ops.featup_mmseg.window_correlation(x, 3, padding_mode)
+        out = torch.ops.featup_mmseg.adaptive_conv(x, kernel, padding_mode)
+    # no channels to sum over: zero logits; no pixels or channels: an empty output
+    torch.testing.assert_close(logits, x.new_zeros(batch, 9, height, width))
+    assert out.shape == shape
+    if implementation == 'public':
+        torch.testing.assert_close(logits, window_correlation_reference(x, 3, padding_mode))
+        grads = torch.autograd.grad(out.sum() + logits.sum(), (x, kernel), allow_unused=True)
+        assert grads[0] is not None and grads[0].shape == x.shape
+        assert grads[1] is not None and (grads[1] == 0).all()
+    for name, args in [('window_correlation_backward', (torch.zeros(batch, 9, height, width,
+                                                                    dtype=torch.float64),
+                                                        x.detach(), 3, padding_mode)),
+                       ('adaptive_conv_backward_features', (x.detach(), kernel.detach(),
+                                                            padding_mode)),
+                       ('adaptive_conv_backward_kernel', (x.detach(), x.detach(), 3,
+                                                          padding_mode))]:
+        result = getattr(torch.ops.featup_mmseg, name)(*args)
+        assert (result == 0).all() and result.dim() == 4, name
+
+
+def test_reflect_padding_of_an_empty_map_is_rejected():
+    with pytest.raises(ValueError, match=r'reflect padding needs .*\(8, 0\)'):
+        adaptive_conv(torch.randn(1, 2, 8, 0), torch.randn(1, 9, 8, 0))
+    with pytest.raises(RuntimeError, match=r'reflect padding needs kernel_size // 2 < H'):
+        torch.ops.featup_mmseg.window_correlation(torch.randn(1, 2, 0, 8), 1, 'reflect')
 
 
 # ----------------------------------------------------------------------------------------
@@ -184,12 +271,18 @@ def _jbu_like(q, x, temperature):
     return adaptive_conv(x, kernel)
 
 
-def test_torch_compile_fullgraph():
+DISPATCHER_ONLY = pytest.mark.skipif(
+    window_ops.REGISTRATION != 'dispatcher',
+    reason='behind torch.autograd.Function, TorchDynamo breaks the graph at the ops')
+
+
+@pytest.mark.parametrize('fullgraph', [pytest.param(True, marks=DISPATCHER_ONLY), False])
+def test_torch_compile(fullgraph):
     torch._dynamo.reset()
     q = torch.randn(2, 8, 12, 10, dtype=torch.float64, requires_grad=True)
     x = torch.randn(2, 4, 12, 10, dtype=torch.float64, requires_grad=True)
     temperature = torch.tensor(1.5, dtype=torch.float64, requires_grad=True)
-    compiled = torch.compile(_jbu_like, fullgraph=True)
+    compiled = torch.compile(_jbu_like, fullgraph=fullgraph)
     out = compiled(q, x, temperature)
     expected = _jbu_like(q, x, temperature)
     torch.testing.assert_close(out, expected)
@@ -199,6 +292,7 @@ def test_torch_compile_fullgraph():
         torch.testing.assert_close(g, w)
 
 
+@DISPATCHER_ONLY
 def test_torch_export():
 
     class Module(torch.nn.Module):
@@ -247,6 +341,11 @@ BAD_INPUTS = [
      r'a 5-D kernel must be \(B, H, W, k, k\) with odd k'),
     (lambda: adaptive_conv([1.0], torch.randn(2, 9, 8, 8)), TypeError,
      r'x must be a torch.Tensor, got list'),
+    # FeatUp's layout is pre-padded: a padding mode, valid or not, would be ignored
+    (lambda: adaptive_conv(torch.randn(2, 3, 14, 14), torch.randn(2, 8, 8, 7, 7), 'zeros'),
+     ValueError, r"padding_mode does not apply to FeatUp's layout .*got 'zeros'"),
+    (lambda: adaptive_conv(torch.randn(2, 3, 14, 14), torch.randn(2, 8, 8, 7, 7), 'bogus'),
+     ValueError, r"padding_mode does not apply to FeatUp's layout .*got 'bogus'"),
 ]
 
 
@@ -278,24 +377,36 @@ import torch
 with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter('always')
     from featup_mmseg import ops
-    x, k = torch.randn(2, 3, 9, 8), torch.softmax(torch.randn(2, 25, 9, 8), 1)
+    x, k, grad = torch.load(sys.argv[1])
+    x.requires_grad_()
     out = ops.adaptive_conv(x, k)
     logits = ops.window_correlation(x, 5)
+    grad_x, = torch.autograd.grad((out * grad).sum() + logits.sum(), x)
 messages = [str(w.message) for w in caught if 'featup_mmseg._ext' in str(w.message)]
 assert len(messages) == 1, messages
 assert 'pure-PyTorch reference' in messages[0]
 assert not ops.ext_available() and not ops.ext_available('cpu')
-torch.testing.assert_close(out, ops.adaptive_conv_reference(x, k))
-torch.testing.assert_close(logits, ops.window_correlation_reference(x, 5))
+assert ops.window_ops.REGISTRATION == 'reference'
+torch.save((out.detach(), logits.detach(), grad_x), sys.argv[2])
 print('fallback ok')
 '''
 
 
-def test_fallback_without_extension():
-    result = subprocess.run([sys.executable, '-c', FALLBACK_SCRIPT], capture_output=True,
-                            text=True, env={**os.environ, 'PYTHONWARNINGS': 'default'})
+def test_fallback_without_extension(tmp_path):
+    # The fallback's results are compared with the compiled kernels' in this process.
+    x = torch.randn(2, 3, 9, 8, dtype=torch.float64, requires_grad=True)
+    k = torch.softmax(torch.randn(2, 25, 9, 8, dtype=torch.float64), 1)
+    grad = torch.randn(2, 3, 9, 8, dtype=torch.float64)
+    torch.save((x.detach(), k, grad), tmp_path / 'inputs.pt')
+    result = subprocess.run([sys.executable, '-c', FALLBACK_SCRIPT, str(tmp_path / 'inputs.pt'),
+                             str(tmp_path / 'outputs.pt')], capture_output=True, text=True,
+                            env={**os.environ, 'PYTHONWARNINGS': 'default'})
     assert result.returncode == 0, result.stderr
     assert 'fallback ok' in result.stdout
+    out, logits = adaptive_conv(x, k), window_correlation(x, 5)
+    grad_x, = torch.autograd.grad((out * grad).sum() + logits.sum(), x)
+    for got, want in zip(torch.load(tmp_path / 'outputs.pt'), (out, logits, grad_x)):
+        torch.testing.assert_close(got, want.detach(), rtol=1e-12, atol=1e-12)
 
 
 # ----------------------------------------------------------------------------------------

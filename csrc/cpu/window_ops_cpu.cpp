@@ -6,7 +6,7 @@
 // full-width multiply-accumulate loop that the compiler vectorises. Gradients gather
 // into an extended row of W + 2r values that is folded back through the border mapping.
 // Half types accumulate in float (at::opmath_type). The float and double paths are
-// compiled for AVX-512 and AVX2 as well, and the loader picks the widest the CPU has.
+// compiled for AVX-512 and AVX2 + FMA as well, and the loader picks the widest the CPU has.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -16,7 +16,12 @@
 
 #include "../window_ops.h"
 
-#if defined(__x86_64__) && defined(__GNUC__)
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 12
+// x86-64-v3 is AVX2 + FMA (plain "avx2" does not imply FMA), x86-64-v4 adds AVX-512.
+#define FEATUP_SIMD_CLONES \
+  __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#elif defined(__x86_64__) && defined(__GNUC__)
+// Compilers without the x86-64 level names: one ISA extension per clone, so no FMA.
 #define FEATUP_SIMD_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 #else
 #define FEATUP_SIMD_CLONES

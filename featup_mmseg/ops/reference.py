@@ -19,6 +19,8 @@ def window_patches(x: torch.Tensor, kernel_size: int, padding_mode: str) -> torc
     ``x`` extended beyond its borders according to ``padding_mode``.
     """
     batch, channels, height, width = x.shape
+    if x.numel() == 0:  # F.unfold rejects empty maps; there is nothing to gather
+        return x.unsqueeze(2).expand(batch, channels, kernel_size * kernel_size, height, width)
     radius = kernel_size // 2
     padded = F.pad(x, [radius] * 4, mode=_TORCH_PAD_MODES[padding_mode])
     patches = F.unfold(padded, kernel_size)

@@ -1,14 +1,23 @@
 """Python API of the window ops (spec section 1).
 
 The compiled kernels live in ``featup_mmseg._ext`` and are registered with the PyTorch
-dispatcher as ``torch.ops.featup_mmseg.*``; this module adds their fake (meta) kernels and
-autograd formulas, so ``torch.compile(fullgraph=True)`` and ``torch.export`` trace through
-them. Without the extension (or without its CUDA kernels for a CUDA tensor) the same API
-runs the pure-PyTorch reference of :mod:`featup_mmseg.ops.reference`, after one warning.
+dispatcher as ``torch.ops.featup_mmseg.*``. Their autograd is chosen once, at import, by
+what the installed torch can do (``REGISTRATION``):
+
+- 'dispatcher' (torch >= 2.4): fake kernels and autograd formulas registered with the
+  dispatcher, so ``torch.compile(fullgraph=True)`` and ``torch.export`` trace the ops;
+- 'autograd_function' (torch 2.1 to 2.3, or ``FEATUP_MMSEG_LEGACY_OPS=1``): the same kernels
+  behind ``torch.autograd.Function`` (fake kernels through ``impl_abstract`` where it exists);
+- 'reference': no extension; the pure-PyTorch ops of :mod:`featup_mmseg.ops.reference` run
+  instead, after one warning (as they do for a device the extension was built without).
+
+Both compiled paths share one set of derivative rules and give gradients of any order.
 """
 import contextlib
 import math
+import os
 import threading
+import types
 import warnings
 from typing import Iterator, Optional, Union
 
@@ -18,6 +27,10 @@ import torch.nn.functional as F
 from .reference import adaptive_conv_reference, window_correlation_reference
 
 PADDING_MODES = ('reflect', 'zeros', 'replicate')
+# Set to 1 to run the compiled kernels behind torch.autograd.Function (the path taken on
+# torch < 2.4) instead of the dispatcher registrations, e.g. to test both on one stack.
+LEGACY_OPS_ENV = 'FEATUP_MMSEG_LEGACY_OPS'
+_LIBRARY = 'featup_mmseg::'
 _DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
@@ -35,6 +48,9 @@ def _load_extension():
 
 
 _ext = _load_extension()
+# Plain booleans: TorchDynamo (torch < 2.4) cannot compare a module with None.
+_HAS_EXT = _ext is not None
+_HAS_CUDA_KERNELS = _HAS_EXT and _ext.compiled_with_cuda()
 _warned_devices = set()
 _forced_reference = threading.local()
 
@@ -44,12 +60,12 @@ def ext_available(device: Optional[Union[str, torch.device]] = None) -> bool:
 
     ``False`` means the pure-PyTorch reference runs instead.
     """
-    if _ext is None:
+    if not _HAS_EXT:
         return False
     if device is None:
         return True
     device_type = torch.device(device).type
-    return device_type == 'cpu' or (device_type == 'cuda' and _ext.compiled_with_cuda())
+    return device_type == 'cpu' or (device_type == 'cuda' and _HAS_CUDA_KERNELS)
 
 
 @contextlib.contextmanager
@@ -69,7 +85,7 @@ def _use_ext(device: torch.device) -> bool:
         return False
     if ext_available(device):
         return True
-    if _ext is not None and device.type not in _warned_devices:
+    if _HAS_EXT and device.type not in _warned_devices:
         _warned_devices.add(device.type)
         warnings.warn(
             f'featup_mmseg._ext has no {device.type} kernels (built without them); using the '
@@ -149,12 +165,12 @@ def window_correlation(q: torch.Tensor, kernel_size: int = 7,
     _check_map(op, 'q', q)
     _check_window(op, kernel_size, padding_mode, q.shape[2], q.shape[3])
     if _use_ext(q.device):
-        return torch.ops.featup_mmseg.window_correlation(q, kernel_size, padding_mode)
+        return _compiled_ops.window_correlation(q, kernel_size, padding_mode)
     return window_correlation_reference(q, kernel_size, padding_mode)
 
 
 def adaptive_conv(x: torch.Tensor, kernel: torch.Tensor,
-                  padding_mode: str = 'reflect') -> torch.Tensor:
+                  padding_mode: Optional[str] = None) -> torch.Tensor:
     """Convolution of ``x`` with a k x k kernel that varies per pixel.
 
     ``out[b, c, y, x] = sum_p kernel[b, p, y, x] * x~[b, c, y + i - r, x + j - r]`` for tap
@@ -164,15 +180,22 @@ def adaptive_conv(x: torch.Tensor, kernel: torch.Tensor,
         x: features, (B, C, H, W).
         kernel: (B, k*k, H, W) with odd k, same dtype and device as ``x``. FeatUp's layout
             is accepted too: ``kernel`` (B, H, W, k, k) with ``x`` already padded to
-            (B, C, H + 2r, W + 2r); ``padding_mode`` is then unused (the caller padded).
-        padding_mode: 'reflect', 'zeros' or 'replicate'.
+            (B, C, H + 2r, W + 2r); ``padding_mode`` must then be left out (the caller
+            padded).
+        padding_mode: 'reflect' (the default), 'zeros' or 'replicate'.
 
     Returns:
         (B, C, H, W) tensor of x's dtype.
     """
     op = 'adaptive_conv'
     if isinstance(kernel, torch.Tensor) and kernel.dim() == 5:
+        if padding_mode is not None:
+            raise ValueError(f'{op}: padding_mode does not apply to FeatUp\'s layout (a 5-D '
+                             f'kernel with x already padded), got {padding_mode!r}; leave it '
+                             'out, or pass an unpadded x with a (B, k*k, H, W) kernel')
         return _adaptive_conv_featup_layout(x, kernel)
+    if padding_mode is None:
+        padding_mode = 'reflect'
     _check_map(op, 'x', x)
     _check_map(op, 'kernel', kernel)
     _check_same_place(op, 'kernel', kernel, 'x', x)
@@ -184,7 +207,7 @@ def adaptive_conv(x: torch.Tensor, kernel: torch.Tensor,
     kernel_size = _kernel_size_from_taps(op, kernel.shape[1])
     _check_window(op, kernel_size, padding_mode, height, width)
     if _use_ext(x.device):
-        return torch.ops.featup_mmseg.adaptive_conv(x, kernel, padding_mode)
+        return _compiled_ops.adaptive_conv(x, kernel, padding_mode)
     return adaptive_conv_reference(x, kernel, padding_mode)
 
 
@@ -212,64 +235,165 @@ def _adaptive_conv_featup_layout(x_padded: torch.Tensor, kernel: torch.Tensor) -
 
 
 # ----------------------------------------------------------------------------------------
-# dispatcher registrations: fake kernels for tracing, autograd formulas
+# registration: derivative rules written once, over the five compiled ops
+#
+# Every op is bilinear in its two tensor inputs, and the derivative of each one is again a
+# combination of the five ops, so the rules below give gradients of any order on both
+# registration paths (forward, backward, double backward, ...).
 
-def _register_fake_and_autograd() -> None:
-    lib = 'featup_mmseg::'
-
-    @torch.library.register_fake(lib + 'window_correlation')
-    def _(keys, kernel_size, padding_mode):
-        batch, _, height, width = keys.shape
-        return keys.new_empty((batch, kernel_size * kernel_size, height, width))
-
-    @torch.library.register_fake(lib + 'window_correlation_backward')
-    def _(grad, keys, kernel_size, padding_mode):
-        return torch.empty_like(keys, memory_format=torch.contiguous_format)
-
-    @torch.library.register_fake(lib + 'adaptive_conv')
-    def _(features, kernel, padding_mode):
-        return torch.empty_like(features, memory_format=torch.contiguous_format)
-
-    @torch.library.register_fake(lib + 'adaptive_conv_backward_features')
-    def _(grad, kernel, padding_mode):
-        return torch.empty_like(grad, memory_format=torch.contiguous_format)
-
-    @torch.library.register_fake(lib + 'adaptive_conv_backward_kernel')
-    def _(grad, features, kernel_size, padding_mode):
-        batch, _, height, width = features.shape
-        return features.new_empty((batch, kernel_size * kernel_size, height, width))
-
-    def window_correlation_setup(ctx, inputs, output):
-        keys, ctx.kernel_size, ctx.padding_mode = inputs
-        ctx.save_for_backward(keys)
-
-    def window_correlation_grad(ctx, grad):
-        keys, = ctx.saved_tensors
-        grad_keys = torch.ops.featup_mmseg.window_correlation_backward(
-            grad, keys, ctx.kernel_size, ctx.padding_mode)
-        return grad_keys, None, None
-
-    def adaptive_conv_setup(ctx, inputs, output):
-        features, kernel, ctx.padding_mode = inputs
-        ctx.kernel_size = math.isqrt(kernel.shape[1])
-        ctx.save_for_backward(features, kernel)
-
-    def adaptive_conv_grad(ctx, grad):
-        features, kernel = ctx.saved_tensors
-        grad_features = grad_kernel = None
-        if ctx.needs_input_grad[0]:
-            grad_features = torch.ops.featup_mmseg.adaptive_conv_backward_features(
-                grad, kernel, ctx.padding_mode)
-        if ctx.needs_input_grad[1]:
-            grad_kernel = torch.ops.featup_mmseg.adaptive_conv_backward_kernel(
-                grad, features, ctx.kernel_size, ctx.padding_mode)
-        return grad_features, grad_kernel, None
-
-    torch.library.register_autograd(lib + 'window_correlation', window_correlation_grad,
-                                    setup_context=window_correlation_setup)
-    torch.library.register_autograd(lib + 'adaptive_conv', adaptive_conv_grad,
-                                    setup_context=adaptive_conv_setup)
+def _window_correlation_vjp(ops, grad, needs, keys, kernel_size, padding_mode):
+    return (ops.window_correlation_backward(grad, keys, kernel_size, padding_mode),)
 
 
-if _ext is not None:
-    _register_fake_and_autograd()
+def _window_correlation_backward_vjp(ops, grad, needs, grad_logits, keys, kernel_size,
+                                     padding_mode):
+    # window_correlation_backward(g, q) = A(g) q + A(g)^T q, A(g) = adaptive_conv(., g)
+    grad_grad_logits = grad_keys = None
+    if needs[0]:
+        grad_grad_logits = (
+            ops.adaptive_conv_backward_kernel(grad, keys, kernel_size, padding_mode)
+            + ops.adaptive_conv_backward_kernel(keys, grad, kernel_size, padding_mode))
+    if needs[1]:
+        grad_keys = ops.window_correlation_backward(grad_logits, grad, kernel_size,
+                                                    padding_mode)
+    return grad_grad_logits, grad_keys
+
+
+def _adaptive_conv_vjp(ops, grad, needs, features, kernel, padding_mode):
+    grad_features = grad_kernel = None
+    if needs[0]:
+        grad_features = ops.adaptive_conv_backward_features(grad, kernel, padding_mode)
+    if needs[1]:
+        grad_kernel = ops.adaptive_conv_backward_kernel(grad, features,
+                                                        math.isqrt(kernel.shape[1]),
+                                                        padding_mode)
+    return grad_features, grad_kernel
+
+
+def _adaptive_conv_backward_features_vjp(ops, grad, needs, grad_out, kernel, padding_mode):
+    # A(kernel)^T grad_out: its adjoint in grad_out is A(kernel)
+    grad_grad_out = grad_kernel = None
+    if needs[0]:
+        grad_grad_out = ops.adaptive_conv(grad, kernel, padding_mode)
+    if needs[1]:
+        grad_kernel = ops.adaptive_conv_backward_kernel(grad_out, grad,
+                                                        math.isqrt(kernel.shape[1]),
+                                                        padding_mode)
+    return grad_grad_out, grad_kernel
+
+
+def _adaptive_conv_backward_kernel_vjp(ops, grad, needs, grad_out, features, kernel_size,
+                                       padding_mode):
+    # <grad, corr(grad_out, features)> = <grad_out, A(grad) features>
+    grad_grad_out = grad_features = None
+    if needs[0]:
+        grad_grad_out = ops.adaptive_conv(features, grad, padding_mode)
+    if needs[1]:
+        grad_features = ops.adaptive_conv_backward_features(grad_out, grad, padding_mode)
+    return grad_grad_out, grad_features
+
+
+# op name -> (number of leading tensor arguments, derivative rule)
+_OPS = {
+    'window_correlation': (1, _window_correlation_vjp),
+    'window_correlation_backward': (2, _window_correlation_backward_vjp),
+    'adaptive_conv': (2, _adaptive_conv_vjp),
+    'adaptive_conv_backward_features': (2, _adaptive_conv_backward_features_vjp),
+    'adaptive_conv_backward_kernel': (2, _adaptive_conv_backward_kernel_vjp),
+}
+
+
+def _register_fake_kernels() -> None:
+    """Shape-only kernels, so that tracing (torch.compile, torch.export) sees the ops."""
+    register = getattr(torch.library, 'register_fake', None) or \
+        getattr(torch.library, 'impl_abstract', None)
+    if register is None:  # torch 2.1: fake tensors fall back to Meta kernels
+        global _meta_library
+        _meta_library = torch.library.Library('featup_mmseg', 'IMPL')
+
+        def register(qualname, fake):
+            _meta_library.impl(qualname[len(_LIBRARY):], fake, 'Meta')
+
+    def keys_like(t, *_):
+        return torch.empty_like(t, memory_format=torch.contiguous_format)
+
+    def taps_like(t, kernel_size):
+        batch, _, height, width = t.shape
+        return t.new_empty((batch, kernel_size * kernel_size, height, width))
+
+    fakes = {
+        'window_correlation': lambda keys, kernel_size, mode: taps_like(keys, kernel_size),
+        'window_correlation_backward': lambda grad, keys, kernel_size, mode: keys_like(keys),
+        'adaptive_conv': lambda features, kernel, mode: keys_like(features),
+        'adaptive_conv_backward_features': lambda grad, kernel, mode: keys_like(grad),
+        'adaptive_conv_backward_kernel':
+            lambda grad, features, kernel_size, mode: taps_like(features, kernel_size),
+    }
+    for name, fake in fakes.items():
+        register(_LIBRARY + name, fake)
+
+
+def _save_inputs(ctx, inputs, num_tensors: int) -> None:
+    ctx.save_for_backward(*inputs[:num_tensors])
+    ctx.params = inputs[num_tensors:]
+
+
+def _backward(ops, num_tensors: int, vjp):
+    """The autograd backward of one op: its derivative rule over the ``ops`` namespace."""
+
+    def backward(ctx, grad):
+        grads = vjp(ops, grad, ctx.needs_input_grad, *ctx.saved_tensors, *ctx.params)
+        return (*grads, *(None,) * len(ctx.params))
+
+    return backward
+
+
+def _register_dispatcher_autograd():
+    """torch >= 2.4: autograd formulas registered with the dispatcher, so that torch.compile
+    and torch.export trace the ops themselves."""
+    ops = torch.ops.featup_mmseg
+    for name, (num_tensors, vjp) in _OPS.items():
+        torch.library.register_autograd(
+            _LIBRARY + name, _backward(ops, num_tensors, vjp),
+            setup_context=lambda ctx, inputs, output, n=num_tensors: _save_inputs(ctx, inputs, n))
+    return ops
+
+
+def _autograd_function_ops():
+    """torch < 2.4 (or forced by FEATUP_MMSEG_LEGACY_OPS=1): the same kernels behind
+    torch.autograd.Function, with the same derivative rules."""
+    ops = types.SimpleNamespace()
+    for name, (num_tensors, vjp) in _OPS.items():
+
+        def forward(ctx, *inputs, compiled=getattr(torch.ops.featup_mmseg, name),
+                    num_tensors=num_tensors):
+            _save_inputs(ctx, inputs, num_tensors)
+            return compiled(*inputs)
+
+        function = type(name, (torch.autograd.Function,),
+                        dict(forward=staticmethod(forward),
+                             backward=staticmethod(_backward(ops, num_tensors, vjp))))
+        # TorchDynamo before torch 2.4 cannot trace these Functions: break the graph instead
+        setattr(ops, name, torch.compiler.disable(function.apply))
+    return ops
+
+
+def _registration() -> str:
+    """'dispatcher', 'autograd_function', or 'reference' (no compiled extension)."""
+    forced = os.environ.get(LEGACY_OPS_ENV, '0')
+    if forced not in ('0', '1'):
+        raise ValueError(f'{LEGACY_OPS_ENV} must be 0 or 1, got {forced!r}')
+    if not _HAS_EXT:
+        return 'reference'
+    if forced == '1' or not hasattr(torch.library, 'register_autograd'):
+        return 'autograd_function'
+    return 'dispatcher'
+
+
+_meta_library = None  # holds the torch 2.1 Meta registrations for the process's lifetime
+REGISTRATION = _registration()
+if REGISTRATION != 'reference':
+    _register_fake_kernels()
+_compiled_ops = {'dispatcher': _register_dispatcher_autograd,
+                 'autograd_function': _autograd_function_ops,
+                 'reference': lambda: None}[REGISTRATION]()
