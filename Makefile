@@ -42,13 +42,27 @@ $(PY):
 $(OLDEST_PY):
 	$(PYTHON) -m venv $(OLDEST_VENV)
 
+# mmcv is built from source against the venv's torch (no wheels exist for it on PyPI). pip
+# caches built wheels by source only, so its cache would hand one torch's build to another
+# (undefined symbols in mmcv._ext): the wheel is built outside pip's cache and kept per torch
+# version in WHEEL_CACHE instead. $(1): the venv's python, $(2): extra pip constraints.
+WHEEL_CACHE ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/featup_mmseg/wheels
+define install_mmcv
+	wheels="$(WHEEL_CACHE)/torch-$$($(1) -c 'import torch; print(torch.__version__)')" && \
+	if ! ls "$$wheels"/mmcv-*.whl >/dev/null 2>&1; then \
+		MMCV_WITH_OPS=1 $(1) -m pip wheel --no-cache-dir --no-deps --no-build-isolation \
+			-c requirements/build.txt $(2) -w "$$wheels" -r requirements/mmcv.txt; \
+	fi && \
+	$(1) -m pip install -c requirements/build.txt $(2) --find-links "$$wheels" \
+		-r requirements/mmcv.txt
+endef
+
 # Every later install is constrained by build.txt: torch alone would pull a setuptools
 # without pkg_resources, which mmcv's setup needs.
 $(DEPS_STAMP): $(wildcard requirements/*.txt) | $(PY)
 	$(PIP) install -r requirements/build.txt
 	$(PIP) install -c requirements/build.txt -r requirements/torch.txt
-	MMCV_WITH_OPS=1 $(PIP) install -c requirements/build.txt --no-build-isolation \
-		-r requirements/mmcv.txt
+	$(call install_mmcv,$(PY),)
 	$(PIP) install -c requirements/build.txt -r requirements/runtime.txt -r requirements/tests.txt
 	touch $@
 
@@ -60,8 +74,7 @@ $(EXT_STAMP): $(DEPS_STAMP) $(EXT_SOURCES)
 $(OLDEST_DEPS_STAMP): $(wildcard requirements/*.txt) | $(OLDEST_PY)
 	$(OLDEST_PY) -m pip install -r requirements/build.txt
 	$(OLDEST_PY) -m pip install -c requirements/build.txt -r requirements/torch21.txt
-	MMCV_WITH_OPS=1 $(OLDEST_PY) -m pip install -c requirements/build.txt \
-		-c requirements/torch21.txt --no-build-isolation -r requirements/mmcv.txt
+	$(call install_mmcv,$(OLDEST_PY),-c requirements/torch21.txt)
 	$(OLDEST_PY) -m pip install -c requirements/build.txt -c requirements/torch21.txt \
 		-r requirements/runtime.txt -r requirements/tests.txt
 	touch $@
