@@ -341,6 +341,10 @@ BAD_INPUTS = [
      r'a 5-D kernel must be \(B, H, W, k, k\) with odd k'),
     (lambda: adaptive_conv([1.0], torch.randn(2, 9, 8, 8)), TypeError,
      r'x must be a torch.Tensor, got list'),
+    (lambda: window_correlation(torch.randn(1, 2, 8, 8).to_sparse()), ValueError,
+     r'q must be a dense \(strided\) tensor, got torch.sparse_coo'),
+    (lambda: adaptive_conv(torch.randn(1, 2, 8, 8), torch.randn(1, 8, 8, 3, 3, 1)), ValueError,
+     r"kernel must be a 4-D \(B, k\*k, H, W\) \(or FeatUp's 5-D \(B, H, W, k, k\)\) tensor"),
     # FeatUp's layout is pre-padded: a padding mode, valid or not, would be ignored
     (lambda: adaptive_conv(torch.randn(2, 3, 14, 14), torch.randn(2, 8, 8, 7, 7), 'zeros'),
      ValueError, r"padding_mode does not apply to FeatUp's layout .*got 'zeros'"),

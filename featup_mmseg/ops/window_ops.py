@@ -98,12 +98,14 @@ def _use_ext(device: torch.device) -> bool:
 # ----------------------------------------------------------------------------------------
 # argument checks (shared by the compiled path and the reference fallback)
 
-def _check_map(op: str, name: str, t) -> None:
+def _check_map(op: str, name: str, t, layout: str = '4-D (B, C, H, W)') -> None:
     if not isinstance(t, torch.Tensor):
         raise TypeError(f'{op}: {name} must be a torch.Tensor, got {type(t).__name__}')
+    if t.layout != torch.strided:
+        raise ValueError(f'{op}: {name} must be a dense (strided) tensor, got {t.layout}; '
+                         'call .to_dense() first')
     if t.dim() != 4:
-        raise ValueError(f'{op}: {name} must be a 4-D (B, C, H, W) tensor, '
-                         f'got shape {tuple(t.shape)}')
+        raise ValueError(f'{op}: {name} must be a {layout} tensor, got shape {tuple(t.shape)}')
     if t.dtype not in _DTYPES:
         raise ValueError(f'{op}: {name} must be float32, float64, float16 or bfloat16, '
                          f'got {t.dtype}')
@@ -197,7 +199,7 @@ def adaptive_conv(x: torch.Tensor, kernel: torch.Tensor,
     if padding_mode is None:
         padding_mode = 'reflect'
     _check_map(op, 'x', x)
-    _check_map(op, 'kernel', kernel)
+    _check_map(op, 'kernel', kernel, "4-D (B, k*k, H, W) (or FeatUp's 5-D (B, H, W, k, k))")
     _check_same_place(op, 'kernel', kernel, 'x', x)
     batch, _, height, width = x.shape
     if kernel.shape[0] != batch or kernel.shape[2:] != x.shape[2:]:
