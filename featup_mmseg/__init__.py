@@ -1,18 +1,14 @@
 """featup_mmseg: FeatUp's joint bilateral upsampler for mmsegmentation 1.x.
 
-``featup_mmseg.ops`` and ``featup_mmseg.layers`` need only torch. Where mmseg is
-installed, importing ``featup_mmseg`` also registers its models, datasets, hooks and
-checkpoint support with mmseg and mmengine (configs: ``custom_imports =
-dict(imports=['featup_mmseg'], allow_failed_imports=False)``).
+Importing ``featup_mmseg``, ``featup_mmseg.ops`` or ``featup_mmseg.layers`` needs only
+torch and changes nothing elsewhere. ``featup_mmseg.plugin`` registers the models,
+datasets and hooks with mmseg and mmengine (configs: ``custom_imports =
+dict(imports=['featup_mmseg.plugin'], allow_failed_imports=False)``).
 """
-from .version import __version__
+import torch
 
-try:
-    import mmseg  # noqa: F401
-except ModuleNotFoundError as err:
-    if err.name not in ('mmseg', 'mmcv', 'mmengine'):
-        raise
-else:
-    from . import datasets, engine, models  # noqa: F401
+from .version import __version__, check_torch_version
+
+check_torch_version(torch.__version__)
 
 __all__ = ['__version__']

@@ -188,17 +188,50 @@ def test_dropout_only_in_train_mode():
     (lambda: JBUStage(3)(torch.randn(2, 4, 4, 4), torch.randn(1, 3, 8, 8)),
      r'source batch 2 != guidance batch 1'),
     (lambda: JBUStage(3)(torch.randn(1, 4, 2, 2), torch.randn(1, 3, 3, 8)),
-     r'larger than radius 3 in both dimensions, got \(3, 8\)'),
+     r'JBUStage: the guidance \(the output size\) must be at least 4 x 4 for radius 3 .*'
+     r'got \(3, 8\); upsample to a larger size or use a smaller radius'),
     (lambda: JBUStack(8)(torch.randn(1, 4, 4, 4), torch.randn(1, 3, 64, 64)),
-     r'source must be \(B, 8, h, w\), got \(1, 4, 4, 4\)'),
+     r'source must be \(B, 8, h, w\) with h, w >= 1, got \(1, 4, 4, 4\)'),
+    (lambda: JBUStack(4)(torch.randn(1, 4, 0, 0), torch.randn(1, 3, 64, 64)),
+     r'source must be \(B, 4, h, w\) with h, w >= 1, got \(1, 4, 0, 0\)'),
     (lambda: JBUStack(4)(torch.randn(1, 4, 8, 8), torch.randn(1, 3, 64, 64), output_size=6),
      r'no smaller than the input \(8, 8\), got \(6, 6\)'),
     (lambda: JBUStack(4)(torch.randn(1, 4, 8, 8), torch.randn(1, 3, 64, 64), output_size=64,
                          scale_factor=8), r'output_size or scale_factor, not both'),
+    (lambda: JBUStack(4)(torch.randn(1, 4, 1, 1), torch.randn(1, 3, 64, 64), output_size=16),
+     r'upsampling \(1, 1\) to \(16, 16\) in 4 stages goes through \(2, 2\), \(4, 4\), '
+     r'\(8, 8\), \(16, 16\), but radius-3 stages need outputs of at least 4 x 4; upsample '
+     r'to a larger size or use fewer stages'),
 ])
 def test_bad_input_is_rejected_clearly(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+@pytest.mark.parametrize('build, message', [
+    (lambda: JBUStage(0), r'JBUStage: guidance_dim must be an integer >= 1, got 0'),
+    (lambda: JBUStage(3, key_dim=0), r'JBUStage: key_dim must be an integer >= 1, got 0'),
+    (lambda: JBUStage(3, radius=0), r'JBUStage: radius must be an integer >= 1, got 0'),
+    (lambda: JBUStage(3, radius=-2), r'JBUStage: radius must be an integer >= 1, got -2'),
+    (lambda: JBUStage(3, radius=2.5), r'JBUStage: radius must be an integer >= 1, got 2.5'),
+    (lambda: JBUStack(0), r'JBUStack: feat_dim must be an integer >= 1, got 0'),
+    (lambda: JBUStack(8, num_stages=0), r'JBUStack: num_stages must be an integer >= 1, got 0'),
+    (lambda: JBUStack(8, num_stages=True), r'num_stages must be an integer >= 1, got True'),
+    (lambda: JBUStack(8, key_dim=-1), r'JBUStage: key_dim must be an integer >= 1, got -1'),
+    (lambda: JBUStack(8, range_kernel='gauss'), r"range_kernel must be one of .*got 'gauss'"),
+])
+def test_bad_constructor_arguments_are_rejected(build, message):
+    with pytest.raises(ValueError, match=message):
+        build()
+
+
+def test_smallest_guidance_works():
+    stage = JBUStage(3, radius=2).eval()
+    assert stage.min_guidance_size == 3
+    out = stage(torch.randn(1, 4, 2, 2), torch.randn(1, 3, 3, 3))
+    assert out.shape == (1, 4, 3, 3) and torch.isfinite(out).all()
+    with pytest.raises(ValueError, match=r'at least 3 x 3 for radius 2'):
+        stage(torch.randn(1, 4, 2, 2), torch.randn(1, 3, 2, 3))
 
 
 @pytest.mark.parametrize('range_kernel', ['softmax', 'no_mlp', 'gaussian_cosine'])

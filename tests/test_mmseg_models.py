@@ -11,7 +11,7 @@ from mmseg.models.decode_heads import SegformerHead
 from mmseg.registry import MODELS
 from mmseg.structures import SegDataSample
 
-import featup_mmseg  # noqa: F401
+import featup_mmseg.plugin  # noqa: F401
 from featup_mmseg.layers import JBUStage
 from featup_mmseg.models import FeatUpSegformerHead, GuidedEncoderDecoder, JBUNeck
 

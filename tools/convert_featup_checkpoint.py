@@ -3,22 +3,31 @@
 The output holds ``state_dict`` with ``upsampler.*`` (the JBU stack) and, for checkpoints
 trained with use_norm=True, ``norm.norm.*`` (the backbone's channel LayerNorm), i.e. the
 parameter names of featup_mmseg's JBUNeck, which loads it strictly through
-``init_cfg=dict(type='Pretrained', checkpoint=OUT)``. Backbone and training-only weights
-(downsampler, uncertainty network) are dropped and counted.
+``init_cfg=dict(type='Pretrained', checkpoint=OUT)``. Both of FeatUp's layouts convert:
+with the norm (backbone under ``model.0.``) and without (``no_norm`` checkpoints, backbone
+under ``model.``); ``--use-norm`` requires one (default: auto, whichever it is). Backbone
+and training-only weights (downsampler, uncertainty network) are dropped and counted.
+Errors are reported in one line on stderr, with exit status 1.
 
     python tools/convert_featup_checkpoint.py vit_jbu_stack_cocostuff.ckpt vit_jbu.pth
 """
 import argparse
+import pickle
+import sys
 from pathlib import Path
 
 import torch
 
 from featup_mmseg.layers import build_featup_upsampler
 
+USE_NORM = {'auto': 'auto', 'yes': True, 'no': False}
 
-def convert(source: Path, destination: Path, trust_checkpoint: bool = False) -> dict:
+
+def convert(source: Path, destination: Path, trust_checkpoint: bool = False,
+            use_norm='auto') -> dict:
     """Writes the converted checkpoint and returns its ``meta``."""
-    stack, norm, weights = build_featup_upsampler(source, trust_checkpoint=trust_checkpoint)
+    stack, norm, weights = build_featup_upsampler(source, trust_checkpoint=trust_checkpoint,
+                                                  use_norm=use_norm)
     state_dict = {f'upsampler.{key}': value for key, value in stack.state_dict().items()}
     if norm is not None:
         state_dict.update({f'norm.{key}': value for key, value in norm.state_dict().items()})
@@ -34,6 +43,18 @@ def convert(source: Path, destination: Path, trust_checkpoint: bool = False) -> 
     return meta
 
 
+def one_line(err: Exception) -> str:
+    """The error's message in one line: sentences joined by semicolons, the keys listed
+    under them (indented lines) by commas."""
+    parts = []
+    for line in str(err).splitlines():
+        if line.startswith('  ') and parts:
+            parts[-1] += (' ' if parts[-1].endswith(':') else ', ') + line.strip()
+        elif line.strip():
+            parts.append(line.strip().rstrip('.'))
+    return '; '.join(parts) or type(err).__name__
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('source', type=Path, help="FeatUp checkpoint, e.g. 'vit_jbu_stack.ckpt'")
@@ -41,8 +62,16 @@ def main():
     parser.add_argument('--trust-checkpoint', action='store_true',
                         help='unpickle arbitrary Python objects from the source (only for '
                         'files from a source you trust; needed when it holds more than tensors)')
+    parser.add_argument('--use-norm', choices=list(USE_NORM), default='auto',
+                        help="whether the checkpoint was trained with FeatUp's channel norm "
+                        '(use_norm=True, the default of its published weights) or not '
+                        '(no_norm); auto: whichever layout it has')
     args = parser.parse_args()
-    meta = convert(args.source, args.destination, args.trust_checkpoint)
+    try:
+        meta = convert(args.source, args.destination, args.trust_checkpoint,
+                       USE_NORM[args.use_norm])
+    except (OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError) as err:
+        sys.exit(f'{parser.prog}: error: {one_line(err)}')
     stack = meta['stack']
     print(f'wrote {args.destination}: JBU stack of {stack["num_stages"]} stages for '
           f'{meta["feat_dim"]}-channel features, backbone channel norm: {meta["feature_norm"]}')

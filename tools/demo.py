@@ -18,7 +18,7 @@ from mmengine.config import Config
 from mmengine.dataset import pseudo_collate
 from mmengine.runner import Runner
 
-import featup_mmseg  # noqa: F401  (registrations)
+import featup_mmseg.plugin  # noqa: F401  (registrations)
 from featup_mmseg.datasets import generate_synthetic_shapes
 from featup_mmseg.datasets.synthetic_shapes import CLASSES, PALETTE
 

@@ -26,7 +26,7 @@ from mmengine.model import revert_sync_batchnorm
 from mmengine.registry import init_default_scope
 from mmseg.registry import MODELS
 
-import featup_mmseg  # noqa: F401  (registrations)
+import featup_mmseg.plugin  # noqa: F401  (registrations)
 
 ROOT = Path(__file__).resolve().parents[1]
 

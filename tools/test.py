@@ -8,7 +8,7 @@ import argparse
 
 from mmengine.runner import Runner
 
-import featup_mmseg  # noqa: F401  (registrations, safe checkpoint loading)
+import featup_mmseg.plugin  # noqa: F401  (registrations, safe checkpoint loading)
 from featup_mmseg.engine import add_run_arguments, load_run_config
 
 

@@ -3,8 +3,9 @@
     python tools/train.py CONFIG [--work-dir DIR] [--resume] [--amp]
                           [--cfg-options k=v ...] [--launcher none|pytorch|slurm|mpi]
 
-Importing featup_mmseg registers its models, datasets and hooks, and lets mmengine's own
-checkpoints load under torch >= 2.6 (so --resume works) without turning weights_only off.
+Importing featup_mmseg.plugin registers its models, datasets and hooks, and lets mmengine's
+own checkpoints load where torch.load defaults to weights_only=True (torch >= 2.6), so
+--resume works without turning weights_only off.
 Distributed runs without CUDA use DDP on CPU (gloo), e.g.
 ``torchrun --nproc_per_node 2 tools/train.py CONFIG --launcher pytorch``.
 """
@@ -15,7 +16,7 @@ from mmengine.logging import print_log
 from mmengine.runner import Runner
 from mmseg.registry import RUNNERS
 
-import featup_mmseg  # noqa: F401  (registrations)
+import featup_mmseg.plugin  # noqa: F401  (registrations)
 from featup_mmseg.engine import add_run_arguments, load_run_config
 
 

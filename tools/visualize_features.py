@@ -26,7 +26,7 @@ from mmengine.runner import load_checkpoint
 from mmengine.runner.checkpoint import CheckpointLoader
 from mmseg.registry import MODELS
 
-import featup_mmseg  # noqa: F401  (registrations)
+import featup_mmseg.plugin  # noqa: F401  (registrations)
 
 
 def pca_basis(features: torch.Tensor, components: int = 3):

@@ -1,7 +1,7 @@
 # Demo: SegFormer (MiT-B0) with the bilinear baseline head on the embedded synthetic
 # dataset (made by tools/make_synthetic_dataset.py or tools/demo.py), CPU-sized.
 _base_ = ['mmseg::_base_/default_runtime.py']
-custom_imports = dict(imports=['featup_mmseg'], allow_failed_imports=False)
+custom_imports = dict(imports=['featup_mmseg.plugin'], allow_failed_imports=False)
 
 crop_size = (128, 128)
 num_iters = 300

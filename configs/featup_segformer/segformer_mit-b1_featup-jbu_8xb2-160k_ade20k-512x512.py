@@ -4,7 +4,7 @@
 # images (batch 16), AdamW lr 6e-5 and weight decay 0.01, poly schedule after 1500
 # linear warm-up iterations, head lr x10.
 _base_ = ['mmseg::segformer/segformer_mit-b1_8xb2-160k_ade20k-512x512.py']
-custom_imports = dict(imports=['featup_mmseg'], allow_failed_imports=False)
+custom_imports = dict(imports=['featup_mmseg.plugin'], allow_failed_imports=False)
 
 model = dict(
     decode_head=dict(

@@ -2,8 +2,9 @@
 FeatUp's checkpoints, and the multi-view pretraining objective."""
 from .channel_norm import ChannelNorm
 from .downsamplers import AttentionDownsampler, SimpleDownsampler, build_downsampler
-from .featup_checkpoint import (FeatUpWeights, build_featup_upsampler, load_state_dict_strict,
-                                read_state_dict, split_featup_state_dict)
+from .featup_checkpoint import (FeatUpWeights, build_featup_upsampler, has_channel_norm,
+                                load_state_dict_strict, read_state_dict,
+                                split_featup_state_dict)
 from .jbu_stack import JBUStack, stage_sizes
 from .jbu_stage import RANGE_KERNELS, JBUStage
 from .multiview import (Jitter, ReconstructionCriterion, multiview_reconstruction_loss,
@@ -12,6 +13,7 @@ from .multiview import (Jitter, ReconstructionCriterion, multiview_reconstructio
 __all__ = [
     'AttentionDownsampler', 'ChannelNorm', 'FeatUpWeights', 'JBUStack', 'JBUStage', 'Jitter',
     'RANGE_KERNELS', 'ReconstructionCriterion', 'SimpleDownsampler', 'build_downsampler',
-    'build_featup_upsampler', 'load_state_dict_strict', 'multiview_reconstruction_loss',
-    'read_state_dict', 'sample_jitter', 'split_featup_state_dict', 'stage_sizes'
+    'build_featup_upsampler', 'has_channel_norm', 'load_state_dict_strict',
+    'multiview_reconstruction_loss', 'read_state_dict', 'sample_jitter',
+    'split_featup_state_dict', 'stage_sizes'
 ]

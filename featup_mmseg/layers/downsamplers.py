@@ -10,6 +10,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .argument_checks import check_choice, check_int
+
 
 def window_grid(input_size: Sequence[int], output_size: Sequence[int],
                 kernel_size: int) -> Tuple[Tuple[int, int], Tuple[int, int]]:
@@ -40,7 +42,7 @@ class SimpleDownsampler(nn.Module):
 
     def __init__(self, kernel_size: int = 16):
         super().__init__()
-        self.kernel_size = kernel_size
+        self.kernel_size = kernel_size = check_int('SimpleDownsampler', 'kernel_size', kernel_size)
         self.kernel_params = nn.Parameter(torch.ones(kernel_size, kernel_size))
 
     def kernel(self) -> torch.Tensor:
@@ -63,7 +65,9 @@ class AttentionDownsampler(nn.Module):
 
     def __init__(self, feat_dim: int, kernel_size: int = 16):
         super().__init__()
-        self.kernel_size = kernel_size
+        feat_dim = check_int('AttentionDownsampler', 'feat_dim', feat_dim)
+        self.kernel_size = kernel_size = check_int('AttentionDownsampler', 'kernel_size',
+                                                   kernel_size)
         self.attention_net = nn.Sequential(nn.Dropout(p=0.2), nn.Linear(feat_dim, 1))
         self.w = nn.Parameter(torch.ones(kernel_size, kernel_size) +
                               0.01 * torch.randn(kernel_size, kernel_size))
@@ -86,8 +90,8 @@ DOWNSAMPLERS = ('attention', 'simple')
 
 
 def build_downsampler(kind: str, feat_dim: int, kernel_size: int) -> nn.Module:
+    """The downsampler ``kind`` (one of ``DOWNSAMPLERS``) for ``feat_dim`` channels."""
+    check_choice('build_downsampler', 'kind', kind, DOWNSAMPLERS)
     if kind == 'attention':
         return AttentionDownsampler(feat_dim, kernel_size)
-    if kind == 'simple':
-        return SimpleDownsampler(kernel_size)
-    raise ValueError(f'downsampler must be one of {DOWNSAMPLERS}, got {kind!r}')
+    return SimpleDownsampler(kernel_size)

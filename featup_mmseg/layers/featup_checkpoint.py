@@ -1,13 +1,21 @@
 """Loading FeatUp's published JBU checkpoints (spec section 3), strictly.
 
-FeatUp publishes PyTorch Lightning checkpoints whose ``state_dict`` holds
-``upsampler.*`` (the JBU stack), ``model.1.norm.*`` (the channel LayerNorm applied to the
-backbone output when trained with use_norm=True), ``model.0.*`` (the frozen backbone) and
-the training-only ``downsampler.*`` and ``scale_net.*``. Only the first two are needed to
-upsample; the rest is reported as skipped, and anything else is an error.
+FeatUp publishes PyTorch Lightning checkpoints whose ``state_dict`` holds ``upsampler.*``
+(the JBU stack), the frozen backbone under ``model.`` and the training-only
+``downsampler.*`` and ``scale_net.*``. FeatUp's code builds the model in two layouts:
+
+- trained with ``use_norm=True`` (FeatUp's default): ``Sequential(backbone, ChannelNorm)``,
+  so the backbone is ``model.0.*`` and the channel LayerNorm applied to its output is
+  ``model.1.norm.*``;
+- without the norm (the ``no_norm`` checkpoints, the only ones published for MaskCLIP):
+  the backbone itself, ``model.*``.
+
+Only the upsampler and the norm are needed to upsample; the backbone and the
+training-only tensors are reported as skipped, and any other key is an error.
 """
 import pickle
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Mapping, Optional, Tuple, Union
@@ -19,9 +27,12 @@ from .channel_norm import ChannelNorm
 from .jbu_stack import JBUStack
 
 UPSAMPLER_PREFIX = 'upsampler.'
+MODEL_PREFIX = 'model.'
 NORM_PREFIX = 'model.1.'
-SKIPPED_PREFIXES = {
-    'model.0.': 'backbone',
+NORM_KEY_PREFIX = NORM_PREFIX + 'norm.'
+NORMED_BACKBONE_PREFIX = 'model.0.'
+BACKBONE = 'backbone'
+TRAINING_ONLY_PREFIXES = {
     'downsampler.': 'training-only downsampler',
     'scale_net.': 'training-only uncertainty network',
 }
@@ -68,19 +79,32 @@ def read_state_dict(checkpoint: CheckpointSource,
         loaded = checkpoint
     else:
         try:
-            loaded = torch.load(checkpoint, map_location='cpu',
-                                weights_only=not trust_checkpoint)
+            with warnings.catch_warnings():
+                # torch 2.1's weights_only loader warns about its own use of TypedStorage
+                warnings.filterwarnings('ignore', message='TypedStorage is deprecated')
+                loaded = torch.load(checkpoint, map_location='cpu',
+                                    weights_only=not trust_checkpoint)
         except pickle.UnpicklingError as err:
             if trust_checkpoint:
                 raise
-            detail = next((line.strip() for line in str(err).splitlines()
-                           if 'Unsupported global' in line), type(err).__name__)
+            # torch's reason follows 'WeightsUnpickler error:', on the same line (torch < 2.6)
+            # or on the next ones; 'Unsupported global' (class, before torch 2.4) means an
+            # object pickled by name, anything else a file that is not a checkpoint.
+            reason = str(err).split('WeightsUnpickler error:', 1)[-1]
+            lines = [line.strip() for line in reason.splitlines() if line.strip()]
+            detail = next((line for line in lines
+                           if line.startswith(('Unsupported global', 'Unsupported class'))), None)
+            if detail is None:  # not a pickle at all, e.g. a truncated or foreign file
+                cause = lines[0] if lines else type(err).__name__
+                raise ValueError(f'{checkpoint} is not a readable PyTorch checkpoint '
+                                 f'({cause})') from err
             raise ValueError(
                 f'{checkpoint} holds Python objects besides tensors, so it was not loaded with '
                 f'weights_only=True ({detail}). If you trust its source, pass '
                 'trust_checkpoint=True (--trust-checkpoint on the command line).') from err
-    state_dict = loaded.get('state_dict', loaded)
-    if not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
+    state_dict = loaded.get('state_dict', loaded) if isinstance(loaded, Mapping) else None
+    if not isinstance(state_dict, Mapping) or \
+            not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
         raise ValueError('checkpoint: expected a state_dict of tensors (or a dict holding one '
                          "under 'state_dict')")
     return dict(state_dict)
@@ -107,24 +131,65 @@ class FeatUpWeights:
                     key_dim=key_dim, radius=(int(round(taps**0.5)) - 1) // 2)
 
 
-def split_featup_state_dict(state_dict: Mapping[str, torch.Tensor]) -> FeatUpWeights:
+def has_channel_norm(state_dict: Mapping[str, torch.Tensor]) -> bool:
+    """Whether the checkpoint's model is FeatUp's ``Sequential(backbone, ChannelNorm)``:
+    it has ``model.1.norm.*`` keys and every other ``model.*`` key is under ``model.0.``
+    (a backbone stored directly under ``model.`` with a ``1.norm`` of its own has others).
+    """
+    model_keys = [key for key in state_dict if key.startswith(MODEL_PREFIX)]
+    norm_keys = {key for key in model_keys if key.startswith(NORM_KEY_PREFIX)}
+    return bool(norm_keys) and all(
+        key.startswith(NORMED_BACKBONE_PREFIX) for key in model_keys if key not in norm_keys)
+
+
+def _check_use_norm(use_norm, found: bool) -> bool:
+    """Whether to load the channel norm: ``use_norm``, or ``found`` for 'auto'."""
+    if use_norm != 'auto' and not isinstance(use_norm, bool):
+        raise ValueError(f"use_norm must be 'auto', True or False, got {use_norm!r}")
+    if use_norm == 'auto':
+        return found
+    if use_norm and not found:
+        raise ValueError(
+            'use_norm=True, but the checkpoint has no channel norm (model.1.norm.* next to a '
+            "backbone under model.0.): it was trained without it; pass use_norm=False or 'auto'")
+    if not use_norm and found:
+        raise ValueError(
+            "use_norm=False, but the checkpoint was trained with FeatUp's channel norm "
+            '(model.1.norm.*), so its upsampler expects normalised features; pass '
+            "use_norm=True or 'auto'")
+    return use_norm
+
+
+def split_featup_state_dict(state_dict: Mapping[str, torch.Tensor],
+                            use_norm: Union[str, bool] = 'auto') -> FeatUpWeights:
     """Sorts a FeatUp state_dict into upsampler, norm and skipped parts.
 
+    Args:
+        state_dict: a FeatUp checkpoint's state_dict, in either layout of the module
+            docstring.
+        use_norm: whether the checkpoint must have the channel norm (True), must not
+            (False), or 'auto': it is used where present (:func:`has_channel_norm`).
+
     Raises:
-        ValueError: for keys FeatUp checkpoints do not have, or without upsampler weights.
+        ValueError: for keys FeatUp checkpoints do not have, without upsampler weights,
+            or when ``use_norm`` contradicts the checkpoint.
     """
+    with_norm = _check_use_norm(use_norm, has_channel_norm(state_dict))
     upsampler, norm, skipped, unknown = {}, {}, {}, []
     for key, value in state_dict.items():
         if key.startswith(UPSAMPLER_PREFIX):
             upsampler[key[len(UPSAMPLER_PREFIX):]] = value
-        elif key.startswith(NORM_PREFIX):
+        elif with_norm and key.startswith(NORM_PREFIX):
             norm[key[len(NORM_PREFIX):]] = value
+        elif key.startswith(MODEL_PREFIX):
+            skipped[BACKBONE] = skipped.get(BACKBONE, 0) + 1
         else:
-            prefix = next((p for p in SKIPPED_PREFIXES if key.startswith(p)), None)
+            prefix = next((p for p in TRAINING_ONLY_PREFIXES if key.startswith(p)), None)
             if prefix is None:
                 unknown.append(key)
             else:
-                skipped[SKIPPED_PREFIXES[prefix]] = skipped.get(SKIPPED_PREFIXES[prefix], 0) + 1
+                what = TRAINING_ONLY_PREFIXES[prefix]
+                skipped[what] = skipped.get(what, 0) + 1
     if unknown:
         raise ValueError(f'not a FeatUp JBU checkpoint: {len(unknown)} unexpected keys:\n  ' +
                          '\n  '.join(sorted(unknown)))
@@ -137,13 +202,20 @@ def split_featup_state_dict(state_dict: Mapping[str, torch.Tensor]) -> FeatUpWei
 
 def build_featup_upsampler(
         checkpoint: CheckpointSource,
-        trust_checkpoint: bool = False) -> Tuple[JBUStack, Optional[ChannelNorm], FeatUpWeights]:
+        trust_checkpoint: bool = False,
+        use_norm: Union[str, bool] = 'auto'
+) -> Tuple[JBUStack, Optional[ChannelNorm], FeatUpWeights]:
     """A JBUStack (and the backbone ChannelNorm, if trained with one) with FeatUp's weights.
+
+    Args:
+        checkpoint: a FeatUp checkpoint file (or its loaded dict), either layout.
+        trust_checkpoint: see :func:`read_state_dict`.
+        use_norm: see :func:`split_featup_state_dict`.
 
     Returns:
         (stack, norm or None, the sorted weights with what was skipped).
     """
-    weights = split_featup_state_dict(read_state_dict(checkpoint, trust_checkpoint))
+    weights = split_featup_state_dict(read_state_dict(checkpoint, trust_checkpoint), use_norm)
     source = f'FeatUp checkpoint {checkpoint}' if not isinstance(checkpoint, Mapping) \
         else 'FeatUp checkpoint'
     stack = JBUStack(**weights.stack_config())

@@ -5,6 +5,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .argument_checks import check_int
 from .jbu_stage import JBUStage
 
 Size = Union[int, Sequence[int]]
@@ -54,18 +55,29 @@ class JBUStack(nn.Module):
     def __init__(self, feat_dim: int, num_stages: int = 4, guidance_dim: int = 3,
                  key_dim: int = 32, radius: int = 3, range_kernel: str = 'softmax'):
         super().__init__()
-        if num_stages < 1:
-            raise ValueError(f'JBUStack: num_stages must be >= 1, got {num_stages}')
-        self.feat_dim = feat_dim
-        self.num_stages = num_stages
-        for index in range(1, num_stages + 1):
+        self.feat_dim = check_int('JBUStack', 'feat_dim', feat_dim)
+        self.num_stages = check_int('JBUStack', 'num_stages', num_stages)
+        for index in range(1, self.num_stages + 1):
             self.add_module(f'up{index}',
                             JBUStage(guidance_dim, key_dim, radius, range_kernel=range_kernel))
-        self.fixup_proj = nn.Sequential(nn.Dropout2d(0.2), nn.Conv2d(feat_dim, feat_dim, 1))
+        self.fixup_proj = nn.Sequential(nn.Dropout2d(0.2),
+                                        nn.Conv2d(self.feat_dim, self.feat_dim, 1))
 
     @property
     def stages(self) -> List[JBUStage]:
         return [getattr(self, f'up{index}') for index in range(1, self.num_stages + 1)]
+
+    @property
+    def min_stage_size(self) -> int:
+        """The smallest output height and width of any stage (its guidance's minimum)."""
+        return self.up1.min_guidance_size
+
+    def stages_fit(self, input_size: Sequence[int], output_size: Sequence[int]) -> bool:
+        """Whether every stage from ``input_size`` to ``output_size`` (any number of
+        dimensions) reaches at least ``min_stage_size``."""
+        return all(side >= self.min_stage_size
+                   for size in stage_sizes(input_size, output_size, self.num_stages)
+                   for side in size)
 
     def output_size(self, input_size: Sequence[int], output_size: Optional[Size] = None,
                     scale_factor: Optional[float] = None) -> Tuple[int, int]:
@@ -86,13 +98,20 @@ class JBUStack(nn.Module):
                 output_size: Optional[Size] = None,
                 scale_factor: Optional[float] = None) -> torch.Tensor:
         """Upsamples source (B, C, h, w) guided by guidance (B, Cg, H, W), e.g. the image."""
-        if source.dim() != 4 or source.shape[1] != self.feat_dim:
-            raise ValueError(f'JBUStack: source must be (B, {self.feat_dim}, h, w), '
-                             f'got {tuple(source.shape)}')
+        if source.dim() != 4 or source.shape[1] != self.feat_dim or min(source.shape[-2:]) < 1:
+            raise ValueError(f'JBUStack: source must be (B, {self.feat_dim}, h, w) with h, w >= '
+                             f'1, got {tuple(source.shape)}')
         input_size = tuple(int(n) for n in source.shape[-2:])  # ints under tracing too
         size = self.output_size(input_size, output_size, scale_factor)
+        sizes = stage_sizes(input_size, size, self.num_stages)
+        if not self.stages_fit(input_size, size):
+            smallest = self.min_stage_size
+            raise ValueError(
+                f'JBUStack: upsampling {input_size} to {size} in {self.num_stages} stages goes '
+                f'through {", ".join(map(str, sizes))}, but radius-{self.up1.radius} stages need '
+                f'outputs of at least {smallest} x {smallest}; upsample to a larger size or use '
+                'fewer stages')
         features = source
-        for stage, stage_size in zip(self.stages,
-                                     stage_sizes(input_size, size, self.num_stages)):
+        for stage, stage_size in zip(self.stages, sizes):
             features = stage(features, F.adaptive_avg_pool2d(guidance, stage_size))
         return features + 0.1 * self.fixup_proj(features)

@@ -5,6 +5,7 @@ import torch.nn.functional as F
 
 from ..ops import adaptive_conv, window_correlation
 from ..ops.reference import window_patches
+from .argument_checks import check_choice, check_int
 
 RANGE_KERNELS = ('softmax', 'no_mlp', 'gaussian_euclidean', 'gaussian_cosine')
 # FeatUp resolves window borders by reflection, in the range kernel and the aggregation.
@@ -33,18 +34,19 @@ class JBUStage(nn.Module):
     Args:
         guidance_dim: channels Cg of the guidance.
         key_dim: channels of the range keys (ignored by 'no_mlp', whose keys are G).
-        radius: window radius r (FeatUp: 3, a 7 x 7 window).
+        radius: window radius r >= 1 (FeatUp: 3, a 7 x 7 window). The guidance must be
+            larger than r in both dimensions (reflect padding): at least
+            ``min_guidance_size`` pixels.
         range_kernel: one of ``RANGE_KERNELS``.
     """
 
     def __init__(self, guidance_dim: int, key_dim: int = 32, radius: int = 3,
                  range_kernel: str = 'softmax'):
         super().__init__()
-        if range_kernel not in RANGE_KERNELS:
-            raise ValueError(f'JBUStage: range_kernel must be one of {RANGE_KERNELS}, '
-                             f'got {range_kernel!r}')
-        if radius < 0:
-            raise ValueError(f'JBUStage: radius must be >= 0, got {radius}')
+        check_choice('JBUStage', 'range_kernel', range_kernel, RANGE_KERNELS)
+        guidance_dim = check_int('JBUStage', 'guidance_dim', guidance_dim)
+        key_dim = check_int('JBUStage', 'key_dim', key_dim)
+        radius = check_int('JBUStage', 'radius', radius)
         self.guidance_dim = guidance_dim
         self.radius = radius
         self.kernel_size = 2 * radius + 1
@@ -63,6 +65,11 @@ class JBUStage(nn.Module):
             nn.Conv2d(taps + guidance_dim, taps, 1), nn.GELU(), nn.Dropout2d(0.1),
             nn.Conv2d(taps, taps, 1))
         self.sigma_spatial = nn.Parameter(torch.tensor(1.0))
+
+    @property
+    def min_guidance_size(self) -> int:
+        """The smallest guidance (output) height and width: radius + 1."""
+        return self.radius + 1
 
     def extra_repr(self) -> str:
         return (f'guidance_dim={self.guidance_dim}, radius={self.radius}, '
@@ -121,8 +128,11 @@ class JBUStage(nn.Module):
         if source.shape[0] != guidance.shape[0]:
             raise ValueError(f'JBUStage: source batch {source.shape[0]} != guidance batch '
                              f'{guidance.shape[0]}')
-        if min(guidance.shape[-2:]) <= self.radius:
+        if min(guidance.shape[-2:]) < self.min_guidance_size:
+            size = self.min_guidance_size
             raise ValueError(
-                f'JBUStage: reflect borders need an output (guidance) larger than radius '
-                f'{self.radius} in both dimensions, got {tuple(guidance.shape[-2:])}')
+                f'JBUStage: the guidance (the output size) must be at least {size} x {size} '
+                f'for radius {self.radius} (its reflect-padded window needs more pixels than '
+                f'the radius in both dimensions), got {tuple(guidance.shape[-2:])}; upsample '
+                'to a larger size or use a smaller radius')
 

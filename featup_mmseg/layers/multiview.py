@@ -11,7 +11,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .downsamplers import build_downsampler
+from .argument_checks import check_choice, check_int, check_number
+from .downsamplers import DOWNSAMPLERS, build_downsampler
 
 
 @dataclass(frozen=True)
@@ -25,21 +26,40 @@ class Jitter:
     left: int
     flip: bool
 
+    def __post_init__(self):
+        check_int('Jitter', 'pad', self.pad, minimum=0)
+        check_number('Jitter', 'zoom', self.zoom, minimum=1.0)
+        check_int('Jitter', 'top', self.top, minimum=0)
+        check_int('Jitter', 'left', self.left, minimum=0)
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         height, width = x.shape[-2:]
+        if self.pad >= min(height, width):
+            raise ValueError(f'Jitter: pad {self.pad} must be smaller than the input size '
+                             f'{(height, width)} for reflect padding')
         view = F.pad(x, [self.pad] * 4, mode='reflect') if self.pad else x
         if self.zoom != 1.0:
             size = [round(n * self.zoom) for n in view.shape[-2:]]
             view = F.interpolate(view, size, mode='bilinear', align_corners=False)
+        if self.top + height > view.shape[-2] or self.left + width > view.shape[-1]:
+            raise ValueError(
+                f'Jitter: a {(height, width)} crop at (top, left) = {(self.top, self.left)} '
+                f'does not fit the padded and zoomed input {tuple(view.shape[-2:])}')
         view = view[..., self.top:self.top + height, self.left:self.left + width]
         return view.flip(-1) if self.flip else view
+
+
+def check_view_arguments(owner: str, max_pad: int, max_zoom: float) -> None:
+    """Checks the view settings of :func:`sample_jitter`: max_pad >= 0, max_zoom >= 1."""
+    check_int(owner, 'max_pad', max_pad, minimum=0)
+    check_number(owner, 'max_zoom', max_zoom, minimum=1.0)
 
 
 def sample_jitter(height: int, width: int, max_pad: int, max_zoom: float,
                   generator: Optional[torch.Generator] = None) -> Jitter:
     """A random :class:`Jitter`: zoom from U[1, max_zoom] and horizontal flip each with
     probability 0.5, crop offset uniform over the (zoomed) padded image."""
-
+    check_view_arguments('sample_jitter', max_pad, max_zoom)
     if max_pad >= min(height, width):
         raise ValueError(f'max_pad {max_pad} must be smaller than the image size '
                          f'({height}, {width}) for reflect padding')
@@ -68,6 +88,16 @@ def total_variation(x: torch.Tensor) -> torch.Tensor:
         (x[..., :, 1:] - x[..., :, :-1]).square().mean()
 
 
+def check_criterion_arguments(owner: str, downsampler: str, kernel_size: int, proj_dim: int,
+                              tv_weight: float) -> None:
+    """Checks the settings of :class:`ReconstructionCriterion`: downsampler one of
+    ``DOWNSAMPLERS``, kernel_size >= 1, proj_dim >= 1 and tv_weight >= 0."""
+    check_choice(owner, 'downsampler', downsampler, DOWNSAMPLERS)
+    check_int(owner, 'kernel_size', kernel_size)
+    check_int(owner, 'proj_dim', proj_dim)
+    check_number(owner, 'tv_weight', tv_weight, minimum=0.0)
+
+
 class ReconstructionCriterion(nn.Module):
     """The learned parts of the objective for one feature map of ``feat_dim`` channels:
     the downsampler D and the uncertainty network N (Conv1x1(C->1), initial weight and
@@ -82,6 +112,9 @@ class ReconstructionCriterion(nn.Module):
     def __init__(self, feat_dim: int, downsampler: str = 'attention', kernel_size: int = 16,
                  proj_dim: int = 30, uncertainty: bool = True, tv_weight: float = 0.0):
         super().__init__()
+        check_int('ReconstructionCriterion', 'feat_dim', feat_dim)
+        check_criterion_arguments('ReconstructionCriterion', downsampler, kernel_size, proj_dim,
+                                  tv_weight)
         self.proj_dim = proj_dim
         self.tv_weight = tv_weight
         self.downsampler = build_downsampler(downsampler, feat_dim, kernel_size)
@@ -130,6 +163,7 @@ def multiview_reconstruction_loss(images: torch.Tensor, features: FeaturesFn,
         criteria: one :class:`ReconstructionCriterion` per upsampled map.
         num_jitters, max_pad, max_zoom: the views, as :func:`sample_jitter`.
     """
+    check_int('multiview_reconstruction_loss', 'num_jitters', num_jitters)
     height, width = images.shape[-2:]
     with torch.no_grad():
         low_res = features(images)

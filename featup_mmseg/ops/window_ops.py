@@ -366,17 +366,25 @@ def _autograd_function_ops():
     torch.autograd.Function, with the same derivative rules."""
     ops = types.SimpleNamespace()
     for name, (num_tensors, vjp) in _OPS.items():
+        compiled = getattr(torch.ops.featup_mmseg, name)
 
-        def forward(ctx, *inputs, compiled=getattr(torch.ops.featup_mmseg, name),
-                    num_tensors=num_tensors):
+        def forward(ctx, *inputs, compiled=compiled, num_tensors=num_tensors):
             _save_inputs(ctx, inputs, num_tensors)
             return compiled(*inputs)
 
         function = type(name, (torch.autograd.Function,),
                         dict(forward=staticmethod(forward),
                              backward=staticmethod(_backward(ops, num_tensors, vjp))))
+
+        # Without gradients the op is called directly, so that torch.jit traces (e.g. FLOP
+        # counters) see featup_mmseg::<op> rather than an anonymous prim::PythonOp.
+        def call(*inputs, compiled=compiled, function=function, num_tensors=num_tensors):
+            if torch.is_grad_enabled() and any(t.requires_grad for t in inputs[:num_tensors]):
+                return function.apply(*inputs)
+            return compiled(*inputs)
+
         # TorchDynamo before torch 2.4 cannot trace these Functions: break the graph instead
-        setattr(ops, name, torch.compiler.disable(function.apply))
+        setattr(ops, name, torch.compiler.disable(call))
     return ops
 
 

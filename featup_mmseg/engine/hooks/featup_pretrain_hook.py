@@ -12,7 +12,9 @@ from mmengine.model import is_model_wrapper
 from mmengine.registry import OPTIMIZERS
 from mmseg.registry import HOOKS
 
-from ...layers.multiview import ReconstructionCriterion, multiview_reconstruction_loss
+from ...layers.argument_checks import check_choice, check_int
+from ...layers.multiview import (ReconstructionCriterion, check_criterion_arguments,
+                                 check_view_arguments, multiview_reconstruction_loss)
 
 META_KEY = 'featup_pretrained'
 TARGETS = ('auto', 'neck', 'decode_head')
@@ -78,6 +80,16 @@ def find_targets(model: nn.Module, target: str) -> List[PretrainTarget]:
     return targets
 
 
+def _is_optimizer_cfg(cfg) -> bool:
+    """Whether ``cfg`` is a dict whose type names (or is) an optimizer OPTIMIZERS builds."""
+    if not isinstance(cfg, dict):
+        return False
+    kind = cfg.get('type')
+    if isinstance(kind, type):
+        return issubclass(kind, torch.optim.Optimizer)
+    return isinstance(kind, str) and OPTIMIZERS.get(kind) is not None
+
+
 @HOOKS.register_module()
 class FeatUpPretrainHook(Hook):
     """Pretrains the model's JBU upsampler(s) with FeatUp's multi-view objective before
@@ -105,6 +117,8 @@ class FeatUpPretrainHook(Hook):
         target: which upsampler: 'auto' (all found), 'neck' or 'decode_head'.
         log_interval: steps between loss logs.
         checkpoint_name: file name of the saved upsampler weights in the work dir.
+
+    Every argument is checked here, when the config is built, not when pretraining starts.
     """
     priority = 'VERY_HIGH'
 
@@ -114,12 +128,24 @@ class FeatUpPretrainHook(Hook):
                  tv_weight: float = 0.0, optimizer: Optional[dict] = None,
                  target: str = 'auto', log_interval: int = 50,
                  checkpoint_name: str = 'featup_pretrained_upsampler.pth'):
-        if target not in TARGETS:
-            raise ValueError(f'FeatUpPretrainHook: target must be one of {TARGETS}, '
-                             f'got {target!r}')
-        if steps < 1 or images_per_step < 1 or num_jitters < 1:
-            raise ValueError('FeatUpPretrainHook: steps, images_per_step and num_jitters must '
-                             f'be positive, got {steps}, {images_per_step}, {num_jitters}')
+        owner = 'FeatUpPretrainHook'
+        check_choice(owner, 'target', target, TARGETS)
+        for name, value in (('steps', steps), ('images_per_step', images_per_step),
+                            ('num_jitters', num_jitters), ('log_interval', log_interval)):
+            check_int(owner, name, value)
+        check_view_arguments(owner, max_pad, max_zoom)
+        check_criterion_arguments(owner, downsampler, kernel_size, proj_dim, tv_weight)
+        check_choice(owner, 'uncertainty', uncertainty, (True, False))
+        self.optimizer_cfg = dict(type='NAdam', lr=1e-3) if optimizer is None else optimizer
+        if not _is_optimizer_cfg(self.optimizer_cfg):
+            raise ValueError(f'{owner}: optimizer must be a dict whose type is an optimizer '
+                             "registered in mmengine's OPTIMIZERS (e.g. dict(type='NAdam', "
+                             f"lr=1e-3)), got {optimizer!r}")
+        self.optimizer_cfg = dict(self.optimizer_cfg)
+        if not isinstance(checkpoint_name, str) or not checkpoint_name or \
+                Path(checkpoint_name).name != checkpoint_name:
+            raise ValueError(f'{owner}: checkpoint_name must be a file name (saved in the work '
+                             f'dir), got {checkpoint_name!r}')
         self.steps = steps
         self.images_per_step = images_per_step
         self.num_jitters = num_jitters
@@ -128,7 +154,6 @@ class FeatUpPretrainHook(Hook):
         self.criterion_cfg = dict(downsampler=downsampler, kernel_size=kernel_size,
                                   proj_dim=proj_dim, uncertainty=uncertainty,
                                   tv_weight=tv_weight)
-        self.optimizer_cfg = dict(type='NAdam', lr=1e-3) if optimizer is None else dict(optimizer)
         self.target = target
         self.log_interval = log_interval
         self.checkpoint_name = checkpoint_name

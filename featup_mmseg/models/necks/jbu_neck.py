@@ -7,8 +7,10 @@ from mmengine.runner.checkpoint import CheckpointLoader
 from mmseg.registry import MODELS
 from torch import Tensor
 
-from ...layers import ChannelNorm, JBUStack, load_state_dict_strict
+from ...layers import ChannelNorm, JBUStack, load_state_dict_strict, stage_sizes
+from ...layers.argument_checks import check_int, check_number, check_size
 from ..image_guidance import check_built_by_guided_segmentor
+from ..input_size import level_stride, smallest_image_side
 
 
 @MODELS.register_module()
@@ -22,7 +24,9 @@ class JBUNeck(BaseModule):
 
     The output size is one of: ``out_stride`` (image size / stride, rounded up; default
     4 when nothing is given), ``output_size`` (fixed (H, W)), or ``scale_factor``
-    (relative to the level's size). Stages follow the stack's geometric progression.
+    (relative to the level's size). Stages follow the stack's geometric progression; each
+    must be larger than the radius, so images too small for that are refused with the
+    smallest input image size that works.
 
     ``init_cfg=dict(type='Pretrained', checkpoint=...)`` loads weights strictly: every
     missing, unexpected or mis-shaped key is reported and nothing is loaded. Its keys are
@@ -60,14 +64,21 @@ class JBUNeck(BaseModule):
         if len(given) > 1:
             raise ValueError(f'JBUNeck: give one of out_stride, output_size and scale_factor, '
                              f'got {", ".join(given)}')
-        if not isinstance(in_channels, int) or in_channels < 1:
+        if isinstance(in_channels, bool) or not isinstance(in_channels, int) or in_channels < 1:
             raise ValueError(f'JBUNeck: in_channels must be the channel count (int) of the '
                              f'upsampled level, got {in_channels!r}')
+        if isinstance(in_index, bool) or not isinstance(in_index, int):
+            raise ValueError(f'JBUNeck: in_index must be the index (int) of a backbone output, '
+                             f'got {in_index!r}')
         self.in_channels = in_channels
         self.in_index = in_index
         self.out_stride = 4 if not given else out_stride
-        self.output_size = output_size
-        self.scale_factor = scale_factor
+        if self.out_stride is not None:
+            check_int('JBUNeck', 'out_stride', self.out_stride)
+        self.output_size = None if output_size is None else check_size(
+            'JBUNeck', 'output_size', output_size)
+        self.scale_factor = None if scale_factor is None else check_number(
+            'JBUNeck', 'scale_factor', scale_factor, minimum=1.0)
         if feature_norm:
             self.norm = ChannelNorm(in_channels)
         self.upsampler = JBUStack(in_channels, num_stages=num_stages, key_dim=key_dim,
@@ -94,11 +105,51 @@ class JBUNeck(BaseModule):
 
     def upsample(self, features: Tensor, image: Tensor) -> Tensor:
         """Upsamples selected features to the configured size, guided by the image."""
-        output_size = self.output_size
+        image_size = tuple(int(n) for n in image.shape[-2:])
+        input_size = tuple(int(n) for n in features.shape[-2:])
+        output_size = tuple(self._output_side(dim, image_size[dim], input_size[dim])
+                            for dim in range(2))
+        self._check_stage_sizes(image_size, input_size, output_size)
+        return self.upsampler(features, image, output_size=output_size)
+
+    def _output_side(self, dim: int, image_side: int, input_side: int) -> int:
+        """The output height (dim 0) or width (dim 1) for these image and level sides."""
         if self.out_stride is not None:
-            output_size = tuple(math.ceil(int(n) / self.out_stride) for n in image.shape[-2:])
-        return self.upsampler(features, image, output_size=output_size,
-                              scale_factor=self.scale_factor)
+            return math.ceil(image_side / self.out_stride)
+        if self.output_size is not None:
+            return self.output_size[dim]
+        return int(round(input_side * self.scale_factor))
+
+    def _check_stage_sizes(self, image_size: Tuple[int, int], input_size: Tuple[int, int],
+                           output_size: Tuple[int, int]) -> None:
+        """Refuses images for which a stage would be no larger than the radius, naming the
+        smallest input image size that works (for the backbone stride seen here)."""
+        stack = self.upsampler
+        if any(out < n for out, n in zip(output_size, input_size)):
+            return  # the stack names this configuration error itself
+        if stack.stages_fit(input_size, output_size):
+            return
+        stride = level_stride(image_size, input_size)
+
+        def fits(dim, image_side):
+            input_side = math.ceil(image_side / stride)
+            output_side = self._output_side(dim, image_side, input_side)
+            return output_side >= input_side and stack.stages_fit((input_side, ),
+                                                                  (output_side, ))
+
+        minimum = [smallest_image_side(lambda side: fits(dim, side)) for dim in range(2)]
+        sizes = stage_sizes(input_size, output_size, stack.num_stages)
+        smallest = stack.min_stage_size
+        stages = (f'JBUNeck with radius-{stack.up1.radius} JBU stages upsamples '
+                  f'{input_size} to {output_size} through {", ".join(map(str, sizes))}, but each '
+                  f'stage needs at least {smallest} x {smallest}')
+        if None in minimum:
+            raise ValueError(f'{stages}, which no input image size gives here: use a larger '
+                             'output_size or fewer num_stages')
+        raise ValueError(
+            f'{stages}: it needs input images of at least {minimum[0]} x {minimum[1]} px, got '
+            f'{image_size[0]} x {image_size[1]}; resize or pad the inputs, or with slide '
+            f'inference use a crop_size of at least {minimum[0]} x {minimum[1]}')
 
     def init_weights(self):
         """mmengine's init_weights, except that 'Pretrained' weights load strictly."""

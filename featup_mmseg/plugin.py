@@ -1,0 +1,12 @@
+"""Importing this module registers featup_mmseg's models, datasets and hooks with mmseg and
+mmengine, and applies the mmengine checkpoint-loading fix where torch needs it (where
+``torch.load`` defaults to ``weights_only=True`` and so refuses mmengine's own checkpoints,
+see :mod:`featup_mmseg.engine.checkpoint_globals`).
+
+Configs import it with ``custom_imports = dict(imports=['featup_mmseg.plugin'],
+allow_failed_imports=False)``; the tools in tools/ import it themselves.
+"""
+from . import datasets, engine, models  # noqa: F401  (registrations)
+from .engine import allow_mmengine_checkpoint_globals
+
+allow_mmengine_checkpoint_globals()
