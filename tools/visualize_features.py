@@ -17,7 +17,6 @@ import argparse
 from pathlib import Path
 
 import cv2
-import numpy as np
 import torch
 import torch.nn.functional as F
 from mmengine.config import Config, DictAction
@@ -27,21 +26,7 @@ from mmengine.runner.checkpoint import CheckpointLoader
 from mmseg.registry import MODELS
 
 import featup_mmseg.plugin  # noqa: F401  (registrations)
-
-
-def pca_basis(features: torch.Tensor, components: int = 3):
-    """(mean, basis) of the top principal components of (C, H, W) features' pixels."""
-    pixels = features.flatten(1).T
-    mean = pixels.mean(0, keepdim=True)
-    _, _, basis = torch.linalg.svd(pixels - mean, full_matrices=False)
-    return mean, basis[:components].T
-
-
-def to_rgb(features: torch.Tensor, mean, basis, low, high) -> np.ndarray:
-    """(H, W, 3) uint8 image of (C, H, W) features in the PCA basis, scaled by low/high."""
-    projected = ((features.flatten(1).T - mean) @ basis).T.reshape(-1, *features.shape[1:])
-    scaled = ((projected - low[:, None, None]) / (high - low)[:, None, None]).clamp(0, 1)
-    return (scaled.permute(1, 2, 0).numpy() * 255).astype(np.uint8)
+from featup_mmseg.visualization import feature_figure
 
 
 def load_upsampler(neck, path: str) -> None:
@@ -91,20 +76,10 @@ def main():
         bilinear = F.interpolate(low_res, (height, width), mode='bilinear',
                                  align_corners=False)
         jbu = neck.upsampler(low_res, inputs, output_size=(height, width))
-    mean, basis = pca_basis(low_res[0])
-    projected = ((low_res[0].flatten(1).T - mean) @ basis)
-    low, high = projected.quantile(0.01, dim=0), projected.quantile(0.99, dim=0)
-    panels = [image] + [
-        cv2.cvtColor(to_rgb(f[0], mean, basis, low, high), cv2.COLOR_RGB2BGR)
-        for f in (F.interpolate(low_res, (height, width), mode='nearest'), bilinear, jbu)
-    ]
-    header = np.full((28, width * len(panels), 3), 255, np.uint8)
-    for index, title in enumerate(['image', f'low-res {tuple(low_res.shape[-2:])}', 'bilinear',
-                                   'JBU']):
-        cv2.putText(header, title, (index * width + 6, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.55,
-                    (0, 0, 0), 1)
+    figure = feature_figure(image, [(f'low-res {tuple(low_res.shape[-2:])}', low_res),
+                                    ('bilinear', bilinear), ('JBU', jbu)], reference=low_res)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    cv2.imwrite(str(args.out), np.concatenate([header, np.concatenate(panels, axis=1)], 0))
+    cv2.imwrite(str(args.out), figure)
     print(f'wrote {args.out}')
 
 

@@ -5,6 +5,8 @@ from .downsamplers import AttentionDownsampler, SimpleDownsampler, build_downsam
 from .featup_checkpoint import (FeatUpWeights, build_featup_upsampler, has_channel_norm,
                                 load_state_dict_strict, read_state_dict,
                                 split_featup_state_dict)
+from .implicit_field import (ImplicitFeatureField, ImplicitFeatures, ImplicitFitConfig,
+                             fit_implicit_features)
 from .jbu_stack import JBUStack, stage_sizes
 from .jbu_stage import RANGE_KERNELS, JBUStage
 from .multiview import (Jitter, ReconstructionCriterion, multiview_reconstruction_loss,
@@ -12,6 +14,7 @@ from .multiview import (Jitter, ReconstructionCriterion, multiview_reconstructio
 
 __all__ = [
     'AttentionDownsampler', 'ChannelNorm', 'FeatUpWeights', 'JBUStack', 'JBUStage', 'Jitter',
+    'ImplicitFeatureField', 'ImplicitFeatures', 'ImplicitFitConfig', 'fit_implicit_features',
     'RANGE_KERNELS', 'ReconstructionCriterion', 'SimpleDownsampler', 'build_downsampler',
     'build_featup_upsampler', 'has_channel_norm', 'load_state_dict_strict',
     'multiview_reconstruction_loss', 'read_state_dict', 'sample_jitter',
