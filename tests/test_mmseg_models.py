@@ -121,7 +121,7 @@ def _segmentor(segmentor='GuidedEncoderDecoder', neck=None, backbone=None, head=
                                                output_size=64))),
      r'give one of out_stride, output_size and scale_factor, got out_stride, output_size'),
     (lambda: MODELS.build(_segmentor(neck=dict(type='JBUNeck', in_channels=[32]))),
-     r'in_channels must be the channel count \(int\) of the upsampled level'),
+     r'in_channels must be the channel count \(int\) of the upsampled features'),
 ])
 def test_bad_configs_fail_at_build_time(build, message):
     with pytest.raises(Exception, match=message):

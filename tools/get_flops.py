@@ -11,8 +11,8 @@ comparable with mmseg's and the FeatUp paper's tables):
 
     python tools/get_flops.py [CONFIG ...] [--shape 512 512]
 
-Without configs it reports the ADE20K configs of configs/featup_segformer and
-configs/featup_neck.
+Without configs it reports every ADE20K config (configs/featup_segformer, featup_upernet,
+featup_sem_fpn, featup_deeplabv3plus, featup_pspnet, featup_neck).
 """
 import argparse
 import math
@@ -29,6 +29,8 @@ from mmseg.registry import MODELS
 import featup_mmseg.plugin  # noqa: F401  (registrations)
 
 ROOT = Path(__file__).resolve().parents[1]
+ADE20K_CONFIG_FOLDERS = ('featup_segformer', 'featup_upernet', 'featup_sem_fpn',
+                         'featup_deeplabv3plus', 'featup_pspnet', 'featup_neck')
 
 
 def adaptive_conv_flops(inputs, outputs):
@@ -72,8 +74,8 @@ def complexity(config: str, shape, cfg_options=None) -> dict:
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('configs', nargs='*', help='config files (default: the ADE20K ones)',
-                        default=sorted(str(p) for folder in ('featup_segformer', 'featup_neck')
-                                       for p in (ROOT / 'configs' / folder).glob('*.py')))
+                        default=[str(p) for folder in ADE20K_CONFIG_FOLDERS
+                                 for p in sorted((ROOT / 'configs' / folder).glob('*.py'))])
     parser.add_argument('--shape', type=int, nargs=2, default=[512, 512], metavar=('H', 'W'),
                         help='input image size')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,

@@ -7,7 +7,7 @@ an S-pixel input has ceil(S / s) pixels: the stride follows from an image and it
 and from it the smallest image size that works.
 """
 import math
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence, Tuple
 
 # Image sides searched for the smallest that works (where no closed form is used).
 MAX_IMAGE_SIDE = 1 << 14
@@ -34,3 +34,30 @@ def min_image_side_for_level(stride: int, min_level_side: int) -> int:
 def smallest_image_side(fits: Callable[[int], bool]) -> Optional[int]:
     """The smallest image side up to ``MAX_IMAGE_SIDE`` for which ``fits``, or None."""
     return next((side for side in range(1, MAX_IMAGE_SIDE + 1) if fits(side)), None)
+
+
+def check_guide_sizes(owner: str, stages: str, guides: Sequence[Tuple[str, Tuple[int, int],
+                                                                        int]],
+                      image_size: Optional[Sequence[int]] = None) -> None:
+    """Refuses guiding maps smaller than their stages need.
+
+    ``guides`` lists (name, (h, w), smallest side its stages need) for each map that guides
+    a stage. With ``image_size`` (the input images' (H, W)) the error names the smallest
+    image size that works, else the map that is too small.
+    """
+    small = [(name, size, side) for name, size, side in guides if min(size) < side]
+    if not small:
+        return
+    if image_size is None:
+        name, size, side = small[0]
+        raise ValueError(
+            f'{owner} with {stages} needs each guiding level at least {side} x {side}, got '
+            f'{size} at {name}: the input images are too small; resize or pad them')
+    height, width = (int(n) for n in image_size[:2])
+    minimum = max(
+        min_image_side_for_level(level_stride((height, width), size), side)
+        for _, size, side in guides)
+    raise ValueError(
+        f'{owner} with {stages} needs input images of at least {minimum} x {minimum} px, got '
+        f'{height} x {width}; resize or pad the inputs, or with slide inference use a '
+        f'crop_size of at least {minimum} x {minimum}')

@@ -1,20 +1,15 @@
 """Image-guided JBU neck: FeatUp's upsampler behind any mmseg backbone."""
-import math
 from typing import Optional, Sequence, Tuple, Union
 
-from mmengine.model import BaseModule
-from mmengine.runner.checkpoint import CheckpointLoader
 from mmseg.registry import MODELS
 from torch import Tensor
 
-from ...layers import ChannelNorm, JBUStack, load_state_dict_strict, stage_sizes
-from ...layers.argument_checks import check_int, check_number, check_size
 from ..image_guidance import check_built_by_guided_segmentor
-from ..input_size import level_stride, smallest_image_side
+from ..image_guided_upsampler import ImageGuidedUpsampler
 
 
 @MODELS.register_module()
-class JBUNeck(BaseModule):
+class JBUNeck(ImageGuidedUpsampler):
     """Upsamples one backbone level with FeatUp's image-guided JBU stack.
 
     The chosen level is (optionally channel-normalised, as FeatUp's ``use_norm``, then)
@@ -22,21 +17,15 @@ class JBUNeck(BaseModule):
     image; the other levels pass through unchanged, so the decode head keeps its
     ``in_index``. Needs :class:`GuidedEncoderDecoder`, which passes the image.
 
-    The output size is one of: ``out_stride`` (image size / stride, rounded up; default
-    4 when nothing is given), ``output_size`` (fixed (H, W)), or ``scale_factor``
-    (relative to the level's size). Stages follow the stack's geometric progression; each
-    must be larger than the radius, so images too small for that are refused with the
-    smallest input image size that works.
-
-    ``init_cfg=dict(type='Pretrained', checkpoint=...)`` loads weights strictly: every
-    missing, unexpected or mis-shaped key is reported and nothing is loaded. Its keys are
-    ``upsampler.*`` and, with ``feature_norm=True``, ``norm.*``, the layout
-    ``tools/convert_featup_checkpoint.py`` writes from FeatUp's published checkpoints.
+    Output size, input-size checks and strict loading of FeatUp's weights
+    (``init_cfg=dict(type='Pretrained', checkpoint=...)``, keys ``upsampler.*`` and
+    ``norm.*``) are those of :class:`~featup_mmseg.models.ImageGuidedUpsampler`; the
+    default output stride is 4.
 
     Args:
         in_channels: channels of the upsampled level.
         in_index: which backbone output to upsample.
-        out_stride, output_size, scale_factor: the output size, as above.
+        out_stride, output_size, scale_factor: the output size (one of them).
         num_stages, key_dim, radius, range_kernel: the JBU stack's (FeatUp: 4, 32, 3,
             'softmax').
         feature_norm: apply FeatUp's channel LayerNorm before upsampling.
@@ -56,33 +45,13 @@ class JBUNeck(BaseModule):
                  range_kernel: str = 'softmax',
                  feature_norm: bool = False,
                  init_cfg=None):
-        super().__init__(init_cfg)
         check_built_by_guided_segmentor(type(self).__name__)
-        given = [name for name, value in (('out_stride', out_stride), ('output_size',
-                                                                       output_size),
-                                          ('scale_factor', scale_factor)) if value is not None]
-        if len(given) > 1:
-            raise ValueError(f'JBUNeck: give one of out_stride, output_size and scale_factor, '
-                             f'got {", ".join(given)}')
-        if isinstance(in_channels, bool) or not isinstance(in_channels, int) or in_channels < 1:
-            raise ValueError(f'JBUNeck: in_channels must be the channel count (int) of the '
-                             f'upsampled level, got {in_channels!r}')
         if isinstance(in_index, bool) or not isinstance(in_index, int):
             raise ValueError(f'JBUNeck: in_index must be the index (int) of a backbone output, '
                              f'got {in_index!r}')
-        self.in_channels = in_channels
+        super().__init__(in_channels, out_stride, output_size, scale_factor, num_stages,
+                         key_dim, radius, range_kernel, feature_norm, init_cfg)
         self.in_index = in_index
-        self.out_stride = 4 if not given else out_stride
-        if self.out_stride is not None:
-            check_int('JBUNeck', 'out_stride', self.out_stride)
-        self.output_size = None if output_size is None else check_size(
-            'JBUNeck', 'output_size', output_size)
-        self.scale_factor = None if scale_factor is None else check_number(
-            'JBUNeck', 'scale_factor', scale_factor, minimum=1.0)
-        if feature_norm:
-            self.norm = ChannelNorm(in_channels)
-        self.upsampler = JBUStack(in_channels, num_stages=num_stages, key_dim=key_dim,
-                                  radius=radius, range_kernel=range_kernel)
 
     def forward(self, inputs: Sequence[Tensor], image: Tensor) -> Tuple[Tensor, ...]:
         outputs = list(inputs)
@@ -101,78 +70,4 @@ class JBUNeck(BaseModule):
                 f'JBUNeck: backbone output {self.in_index} has {features.shape[1]} channels '
                 f'but in_channels={self.in_channels}; set neck.in_channels='
                 f'{features.shape[1]}')
-        return self.norm(features) if hasattr(self, 'norm') else features
-
-    def upsample(self, features: Tensor, image: Tensor) -> Tensor:
-        """Upsamples selected features to the configured size, guided by the image."""
-        image_size = tuple(int(n) for n in image.shape[-2:])
-        input_size = tuple(int(n) for n in features.shape[-2:])
-        output_size = tuple(self._output_side(dim, image_size[dim], input_size[dim])
-                            for dim in range(2))
-        self._check_stage_sizes(image_size, input_size, output_size)
-        return self.upsampler(features, image, output_size=output_size)
-
-    def _output_side(self, dim: int, image_side: int, input_side: int) -> int:
-        """The output height (dim 0) or width (dim 1) for these image and level sides."""
-        if self.out_stride is not None:
-            return math.ceil(image_side / self.out_stride)
-        if self.output_size is not None:
-            return self.output_size[dim]
-        return int(round(input_side * self.scale_factor))
-
-    def _check_stage_sizes(self, image_size: Tuple[int, int], input_size: Tuple[int, int],
-                           output_size: Tuple[int, int]) -> None:
-        """Refuses images for which a stage would be no larger than the radius, naming the
-        smallest input image size that works (for the backbone stride seen here)."""
-        stack = self.upsampler
-        if any(out < n for out, n in zip(output_size, input_size)):
-            return  # the stack names this configuration error itself
-        if stack.stages_fit(input_size, output_size):
-            return
-        stride = level_stride(image_size, input_size)
-
-        def fits(dim, image_side):
-            input_side = math.ceil(image_side / stride)
-            output_side = self._output_side(dim, image_side, input_side)
-            return output_side >= input_side and stack.stages_fit((input_side, ),
-                                                                  (output_side, ))
-
-        minimum = [smallest_image_side(lambda side: fits(dim, side)) for dim in range(2)]
-        sizes = stage_sizes(input_size, output_size, stack.num_stages)
-        smallest = stack.min_stage_size
-        stages = (f'JBUNeck with radius-{stack.up1.radius} JBU stages upsamples '
-                  f'{input_size} to {output_size} through {", ".join(map(str, sizes))}, but each '
-                  f'stage needs at least {smallest} x {smallest}')
-        if None in minimum:
-            raise ValueError(f'{stages}, which no input image size gives here: use a larger '
-                             'output_size or fewer num_stages')
-        raise ValueError(
-            f'{stages}: it needs input images of at least {minimum[0]} x {minimum[1]} px, got '
-            f'{image_size[0]} x {image_size[1]}; resize or pad the inputs, or with slide '
-            f'inference use a crop_size of at least {minimum[0]} x {minimum[1]}')
-
-    def init_weights(self):
-        """mmengine's init_weights, except that 'Pretrained' weights load strictly."""
-        original = self.init_cfg
-        init_cfgs = original if isinstance(original, list) else [original] if original else []
-        pretrained = [cfg for cfg in init_cfgs if cfg.get('type') == 'Pretrained']
-        self.init_cfg = [cfg for cfg in init_cfgs if cfg not in pretrained] or None
-        try:
-            super().init_weights()
-        finally:
-            self.init_cfg = original
-        for cfg in pretrained:
-            self.load_pretrained(cfg['checkpoint'], cfg.get('prefix'))
-
-    def load_pretrained(self, checkpoint: str, prefix: Optional[str] = None) -> None:
-        """Strictly loads the neck's weights from a checkpoint file or URL."""
-        loaded = CheckpointLoader.load_checkpoint(checkpoint, map_location='cpu')
-        self.load_weights(loaded.get('state_dict', loaded), prefix, f'checkpoint {checkpoint}')
-
-    def load_weights(self, state_dict: dict, prefix: Optional[str], source: str) -> None:
-        """Strictly loads ``state_dict`` (its ``prefix``-ed keys only, if a prefix is given)."""
-        if prefix:
-            prefix = prefix if prefix.endswith('.') else prefix + '.'
-            state_dict = {k[len(prefix):]: v for k, v in state_dict.items()
-                          if k.startswith(prefix)}
-        load_state_dict_strict(self, state_dict, source)
+        return self.normalise(features)
