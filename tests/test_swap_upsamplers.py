@@ -202,14 +202,14 @@ FAMILIES = {
 
 
 def _segmentor(family, size=64, test_cfg=None, **overrides):
-    cfg = ConfigDict(
+    cfg = dict(
         type='GuidedEncoderDecoder',
         data_preprocessor=dict(type='SegDataPreProcessor', mean=[123.675, 116.28, 103.53],
                                std=[58.395, 57.12, 57.375], bgr_to_rgb=True,
                                size=(size, size)),
         test_cfg=test_cfg or dict(mode='whole'), **copy.deepcopy(FAMILIES[family]))
-    cfg.update(overrides)
-    return MODELS.build(cfg)
+    cfg.update(overrides)  # whole entries replaced, not merged
+    return MODELS.build(ConfigDict(cfg))
 
 
 def _synthetic_batch(size=64, batch=4, seed=0):
@@ -409,3 +409,21 @@ def test_family_configs_build_with_their_bilinear_twins(pattern):
     assert {k: v.shape for k, v in bilinear.state_dict().items()} == \
         {k: v.shape for k, v in jbu.state_dict().items() if k not in extra}
     assert not any(isinstance(m, JBUStage) for m in bilinear.modules())
+
+
+def test_output_upsampler_composes_with_the_jbu_neck():
+    vit = dict(type='VisionTransformer', img_size=(64, 64), patch_size=16, embed_dims=32,
+               num_layers=2, num_heads=2, out_indices=(1, ), final_norm=True)
+    model = _segmentor(
+        'pspnet_output', backbone=vit, neck=dict(type='JBUNeck', in_channels=32, out_stride=8,
+                                                  num_stages=1),
+        decode_head=dict(type='FCNHead', in_channels=32, in_index=-1, channels=16,
+                         num_convs=1, concat_input=False, **_head_kwargs()),
+        output_upsampler=dict(out_stride=2, num_stages=2))
+    data = model.data_preprocessor(_synthetic_batch(batch=2), True)
+    losses = model(data['inputs'], data['data_samples'], mode='loss')
+    losses['decode.loss_ce'].backward()
+    assert model.neck.upsampler.up1.range_proj[0].weight.grad is not None
+    assert model.output_upsampler.upsampler.up2.range_proj[0].weight.grad is not None
+    # 1/16 -> (neck) 1/8 -> (head) -> (output upsampler) 1/2
+    assert model(data['inputs'], mode='tensor').shape == (2, 5, 32, 32)
