@@ -30,7 +30,7 @@ OLDEST_SRC := build/torch21
 OLDEST_DEPS_STAMP := $(OLDEST_VENV)/.featup-deps
 OLDEST_EXT_STAMP := $(OLDEST_VENV)/.featup-ext
 # the test files that run again with the ops behind torch.autograd.Function
-LEGACY_OPS_TESTS := tests/test_ops.py tests/test_jbu_layers.py
+LEGACY_OPS_TESTS := tests/test_ops.py tests/test_jbu_layers.py tests/test_feature_upsamplers.py
 
 .PHONY: install demo test test-default test-oldest oldest-sources bench clean
 

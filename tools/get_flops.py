@@ -7,6 +7,8 @@ comparable with mmseg's and the FeatUp paper's tables):
 
 - adaptive_conv: B * C * H * W * k*k
 - window_correlation: B * D * H * W * k*k
+- window_cross_correlation (SAPA's similarity; traced as the compiled
+  adaptive_conv_backward_kernel): B * D * H * W * k*k
 - upsample_bicubic2d: 16 per output element (mmengine counts 4 for bilinear)
 
     python tools/get_flops.py [CONFIG ...] [--shape 512 512]
@@ -38,14 +40,15 @@ def adaptive_conv_flops(inputs, outputs):
     return math.prod(get_shape(inputs[0])) * get_shape(inputs[1])[1]
 
 
-def window_correlation_flops(inputs, outputs):
-    """keys (B, D, H, W) -> logits (B, k*k, H, W): D multiply-adds per logit."""
+def correlation_flops(inputs, outputs):
+    """(queries and) keys (B, D, H, W) -> logits (B, k*k, H, W): D multiply-adds per logit."""
     return math.prod(get_shape(inputs[0])) * get_shape(outputs[0])[1]
 
 
 OP_HANDLES = {
     'featup_mmseg::adaptive_conv': adaptive_conv_flops,
-    'featup_mmseg::window_correlation': window_correlation_flops,
+    'featup_mmseg::window_correlation': correlation_flops,
+    'featup_mmseg::adaptive_conv_backward_kernel': correlation_flops,
     'aten::upsample_bicubic2d': elementwise_flop_counter(0, 16),
 }
 

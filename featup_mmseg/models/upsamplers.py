@@ -9,8 +9,10 @@ spatial size, whatever that size is. Two kinds of config:
   ``F.interpolate``: 'bicubic', 'area', 'nearest-exact'): plain interpolation to the
   guidance's size (the guidance's content is not used). These are the baselines: a head
   built with them computes exactly what the mmseg module it replaces computes.
-- any other ``type`` registered in mmseg's MODELS with that interface, e.g.
-  ``dict(type='JBUStage', key_dim=32, radius=3, range_kernel='softmax')`` (FeatUp's JBU).
+- any other ``type`` registered in mmseg's MODELS with that interface:
+  ``dict(type='JBUStage', key_dim=32, radius=3, range_kernel='softmax')`` (FeatUp's JBU)
+  and the upsamplers FeatUp compares with (:mod:`featup_mmseg.layers.feature_upsamplers`):
+  'ResizeConv', 'CARAFE', 'IndexNet', 'A2U', 'SAPA', 'FADE', 'DySample'.
 
 Interpolation types are not registered in MODELS: mmcv registers 'bilinear' and
 'nearest' there as its (single-input) upsample layers, which must keep working.
@@ -23,13 +25,16 @@ import torch.nn as nn
 import torch.nn.functional as F
 from mmseg.registry import MODELS
 
-from ..layers import JBUStage
+from ..layers import JBUStage, feature_upsamplers
 
 MODELS.register_module(module=JBUStage)
+for _name in feature_upsamplers.__all__:
+    MODELS.register_module(module=getattr(feature_upsamplers, _name))
 
 INTERPOLATION_TYPES = ('bilinear', 'nearest', 'bicubic', 'area', 'nearest-exact')
 CHOICES = ("dict(type='JBUStage', range_kernel='softmax' | 'no_mlp' | 'gaussian_euclidean' | "
-           "'gaussian_cosine'), dict(type='bilinear'), dict(type='nearest'), or a "
+           "'gaussian_cosine'), dict(type='bilinear'), dict(type='nearest'), one of "
+           f"{', '.join(repr(name) for name in feature_upsamplers.__all__)}, or a "
            'MODELS-registered guided upsampler')
 
 

@@ -1,9 +1,11 @@
 """Window ops of featup_mmseg: compiled kernels with a pure-PyTorch reference fallback."""
-from .reference import adaptive_conv_reference, window_correlation_reference
+from .reference import (adaptive_conv_reference, window_correlation_reference,
+                        window_cross_correlation_reference)
 from .window_ops import (PADDING_MODES, adaptive_conv, ext_available, use_reference_ops,
-                         window_correlation)
+                         window_correlation, window_cross_correlation)
 
 __all__ = [
     'PADDING_MODES', 'adaptive_conv', 'adaptive_conv_reference', 'ext_available',
-    'use_reference_ops', 'window_correlation', 'window_correlation_reference'
+    'use_reference_ops', 'window_correlation', 'window_correlation_reference',
+    'window_cross_correlation', 'window_cross_correlation_reference'
 ]

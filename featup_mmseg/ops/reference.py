@@ -33,6 +33,13 @@ def window_correlation_reference(q: torch.Tensor, kernel_size: int = 7,
     return (window_patches(q, kernel_size, padding_mode) * q.unsqueeze(2)).sum(1)
 
 
+def window_cross_correlation_reference(queries: torch.Tensor, keys: torch.Tensor,
+                                       kernel_size: int = 7,
+                                       padding_mode: str = 'reflect') -> torch.Tensor:
+    """logits[b, p, y, x] = sum_d queries[b, d, y, x] * keys~[b, d, y + i - r, x + j - r]."""
+    return (window_patches(keys, kernel_size, padding_mode) * queries.unsqueeze(2)).sum(1)
+
+
 def adaptive_conv_reference(x: torch.Tensor, kernel: torch.Tensor,
                             padding_mode: str = 'reflect') -> torch.Tensor:
     """out[b, c, y, x] = sum_p kernel[b, p, y, x] * x~[b, c, y + i - r, x + j - r]."""

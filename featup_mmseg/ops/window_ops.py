@@ -24,7 +24,8 @@ from typing import Iterator, Optional, Union
 import torch
 import torch.nn.functional as F
 
-from .reference import adaptive_conv_reference, window_correlation_reference
+from .reference import (adaptive_conv_reference, window_correlation_reference,
+                        window_cross_correlation_reference)
 
 PADDING_MODES = ('reflect', 'zeros', 'replicate')
 # Set to 1 to run the compiled kernels behind torch.autograd.Function (the path taken on
@@ -169,6 +170,39 @@ def window_correlation(q: torch.Tensor, kernel_size: int = 7,
     if _use_ext(q.device):
         return _compiled_ops.window_correlation(q, kernel_size, padding_mode)
     return window_correlation_reference(q, kernel_size, padding_mode)
+
+
+def window_cross_correlation(queries: torch.Tensor, keys: torch.Tensor, kernel_size: int = 7,
+                             padding_mode: str = 'reflect') -> torch.Tensor:
+    """Dot products of every query with the keys of the k x k window at its position.
+
+    ``logits[b, p, y, x] = sum_d queries[b, d, y, x] * keys~[b, d, y + i - r, x + j - r]`` for
+    tap ``p = i*k + j``, where ``keys~`` extends ``keys`` beyond its borders by
+    ``padding_mode``. ``window_correlation(q)`` is ``window_cross_correlation(q, q)``.
+
+    Args:
+        queries: (B, D, H, W), float32/float64/float16/bfloat16.
+        keys: (B, D, H, W), same dtype and device as ``queries``.
+        kernel_size: odd window size k.
+        padding_mode: 'reflect', 'zeros' or 'replicate'.
+
+    Returns:
+        (B, k*k, H, W) tensor of the inputs' dtype.
+    """
+    op = 'window_cross_correlation'
+    _check_map(op, 'queries', queries)
+    _check_map(op, 'keys', keys)
+    _check_same_place(op, 'keys', keys, 'queries', queries)
+    if keys.shape != queries.shape:
+        raise ValueError(f'{op}: queries and keys must have the same shape (B, D, H, W), got '
+                         f'{tuple(queries.shape)} and {tuple(keys.shape)}')
+    _check_window(op, kernel_size, padding_mode, keys.shape[2], keys.shape[3])
+    if _use_ext(keys.device):
+        # The kernel-gradient op of adaptive_conv is this correlation (its grad_out plays the
+        # queries), with autograd of any order already registered.
+        return _compiled_ops.adaptive_conv_backward_kernel(queries, keys, kernel_size,
+                                                           padding_mode)
+    return window_cross_correlation_reference(queries, keys, kernel_size, padding_mode)
 
 
 def adaptive_conv(x: torch.Tensor, kernel: torch.Tensor,
