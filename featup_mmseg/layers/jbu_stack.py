@@ -3,10 +3,10 @@ from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from .argument_checks import check_int
 from .jbu_stage import JBUStage
+from .pooling import average_pool
 
 Size = Union[int, Sequence[int]]
 
@@ -113,5 +113,5 @@ class JBUStack(nn.Module):
                 'fewer stages')
         features = source
         for stage, stage_size in zip(self.stages, sizes):
-            features = stage(features, F.adaptive_avg_pool2d(guidance, stage_size))
+            features = stage(features, average_pool(guidance, stage_size))
         return features + 0.1 * self.fixup_proj(features)

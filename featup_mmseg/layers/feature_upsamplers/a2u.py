@@ -6,6 +6,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..argument_checks import check_int
+from ..pooling import average_pool
 from .common import (check_inputs, check_odd, check_scaled_size, crop, pad_bottom_right,
                      reassemble, softmax_taps)
 
@@ -78,7 +79,7 @@ class A2U(nn.Module):
         """LeakyReLU(GN(depthwise stride-2 conv of G with its per-sample shared kernel))."""
         batch, channels, height, width = guidance.shape
         size = self.encoder_kernel
-        kernel = encoder(F.adaptive_avg_pool2d(guidance, size))  # (B, 1, k, k)
+        kernel = encoder(average_pool(guidance, (size, size)))  # (B, 1, k, k)
         weight = kernel.expand(batch, channels, size, size).reshape(batch * channels, 1, size,
                                                                      size)
         encoded = F.conv2d(guidance.reshape(1, batch * channels, height, width), weight,

@@ -1,0 +1,240 @@
+"""ONNX export of the window ops: translations into standard ONNX operators.
+
+The forward ops of featup_mmseg (``featup_mmseg::window_correlation``, ``adaptive_conv``,
+and ``adaptive_conv_backward_kernel``, which ``window_cross_correlation`` runs on) are
+compiled kernels that no ONNX runtime knows. This module expresses each in standard ONNX (opset
+>= 13, default domain only, so a plain ONNX Runtime or TensorRT runs the result):
+
+- the input is padded once by the window radius with ``Pad`` (mode 'reflect' for
+  'reflect' — both exclude the border pixel, like torch —, 'edge' for 'replicate',
+  'constant' 0 for 'zeros');
+- each of the k*k taps is a ``Slice`` of the padded map, shifted by the tap's offset. Its
+  end is counted from the end of the padded map, so the slices hold for any input size
+  (dynamic height and width);
+- window (cross-)correlation: per tap ``Mul`` with the queries and ``ReduceSum`` over
+  channels, the k*k logits joined by ``Concat``; adaptive_conv: per tap ``Mul`` with that
+  tap's kernel plane and a running ``Add``.
+
+Like the compiled kernels, this never materialises the (B, C, k*k, H, W) unfold, and it
+computes the same sums (only the float rounding order may differ).
+
+Nothing here runs at import or touches torch.onnx until asked:
+
+- ``dynamo=False`` (the TorchScript exporter, every supported torch):
+  :func:`register_onnx_translations` registers the ops' symbolics;
+- ``dynamo=True`` (torch >= 2.5's ``torch.export``-based exporter): pass
+  ``custom_translation_table=onnx_translation_table()`` (onnxscript is imported then);
+- :func:`export_onnx` does both and calls ``torch.onnx.export``.
+"""
+import inspect
+from typing import Callable, Dict, List, Sequence
+
+import torch
+
+from .window_ops import PADDING_MODES
+
+# ReduceSum takes its axes as an input from opset 13 on; Pad, Slice, Mul, Add, Concat
+# keep the form used here from opset 13 to the newest.
+MIN_OPSET = 13
+_ONNX_PAD_MODES = {'reflect': 'reflect', 'replicate': 'edge', 'zeros': 'constant'}
+# Slice end meaning "to the end of the axis" (ONNX clamps it to the axis length).
+_TO_END = 2**63 - 1
+
+
+class _TorchScriptGraph:
+    """Emits ONNX nodes into a TorchScript exporter graph context."""
+
+    def __init__(self, g):
+        self.g = g
+
+    def node(self, op_type: str, *inputs, **attributes):
+        # the TorchScript exporter types attributes by a suffix: _i int, _s string
+        typed = {f'{name}_{"s" if isinstance(value, str) else "i"}': value
+                 for name, value in attributes.items()}
+        return self.g.op(op_type, *inputs, **typed)
+
+    def ints(self, values: Sequence[int]):
+        return self.g.op('Constant', value_t=torch.tensor(list(values), dtype=torch.int64))
+
+    def split(self, x, parts: int, axis: int) -> List:
+        """``parts`` slices of size 1 along ``axis`` (Split's sizes input: opsets 13+)."""
+        return list(self.g.op('Split', x, self.ints([1] * parts), axis_i=axis, outputs=parts))
+
+
+class _OnnxScriptGraph:
+    """Emits ONNX nodes through onnxscript ops, which the dynamo exporter records."""
+
+    def __init__(self, op):
+        self.op = op
+
+    def node(self, op_type: str, *inputs, **attributes):
+        return getattr(self.op, op_type)(*inputs, **attributes)
+
+    def ints(self, values: Sequence[int]):
+        return self.op.Constant(value_ints=list(values))
+
+    def split(self, x, parts: int, axis: int) -> List:
+        """``parts`` slices of size 1 along ``axis`` (Split's num_outputs: the dynamo
+        exporter's opsets, 18+)."""
+        return list(self.op.Split(x, axis=axis, num_outputs=parts))
+
+
+def _check_mode(op: str, padding_mode: str) -> str:
+    if padding_mode not in PADDING_MODES:
+        raise ValueError(f'{op}: padding_mode must be one of {PADDING_MODES}, '
+                         f'got {padding_mode!r}')
+    return _ONNX_PAD_MODES[padding_mode]
+
+
+def _pad(graph, x, radius: int, padding_mode: str, op: str):
+    """x (B, C, H, W) extended by ``radius`` on each side of H and W."""
+    mode = _check_mode(op, padding_mode)
+    if radius == 0:
+        return x
+    pads = graph.ints([0, 0, radius, radius, 0, 0, radius, radius])  # begins, then ends
+    return graph.node('Pad', x, pads, mode=mode)
+
+
+def _taps(graph, padded, kernel_size: int) -> List:
+    """The k*k windows' taps: for tap p = i*k + j, padded[:, :, i:i + H, j:j + W]."""
+    span = kernel_size - 1  # the padded map is H + span high and W + span wide
+    axes = graph.ints([2, 3])
+    taps = []
+    for i in range(kernel_size):
+        for j in range(kernel_size):
+            # i + H = (H + span) - (span - i): an end counted back from the axis' end
+            ends = [i - span if i < span else _TO_END, j - span if j < span else _TO_END]
+            taps.append(graph.node('Slice', padded, graph.ints([i, j]), graph.ints(ends), axes))
+    return taps
+
+
+def _window_correlation(graph, queries, keys, kernel_size: int, padding_mode: str, op: str):
+    """logits[:, p] = sum over channels of queries * (tap p of the padded keys)."""
+    padded = _pad(graph, keys, kernel_size // 2, padding_mode, op)
+    channels = graph.ints([1])
+    logits = [graph.node('ReduceSum', graph.node('Mul', queries, tap), channels, keepdims=1)
+              for tap in _taps(graph, padded, kernel_size)]
+    return logits[0] if len(logits) == 1 else graph.node('Concat', *logits, axis=1)
+
+
+def _adaptive_conv(graph, x, kernel, kernel_size: int, padding_mode: str):
+    padded = _pad(graph, x, kernel_size // 2, padding_mode, 'adaptive_conv')
+    taps = _taps(graph, padded, kernel_size)
+    if len(taps) == 1:
+        return graph.node('Mul', taps[0], kernel)
+    # (B, 1, H, W) per tap: broadcast over the channels
+    weights = graph.split(kernel, len(taps), axis=1)
+    out = None
+    for tap, weight in zip(taps, weights):
+        term = graph.node('Mul', tap, weight)
+        out = term if out is None else graph.node('Add', out, term)
+    return out
+
+
+def _kernel_size_from_taps(taps) -> int:
+    """k from the kernel's k*k channels, which the exported graph must know statically."""
+    kernel_size = int(round(taps**0.5)) if isinstance(taps, int) else 0
+    if kernel_size * kernel_size != taps:
+        raise ValueError('adaptive_conv: ONNX export needs a kernel of k*k channels known at '
+                         f'export time, got {taps!r} channels')
+    return kernel_size
+
+
+# ----------------------------------------------------------------------------------------
+# dynamo=False: TorchScript symbolics
+
+def register_onnx_translations() -> None:
+    """Registers the ops' symbolics with torch.onnx's TorchScript exporter
+    (``torch.onnx.export(..., dynamo=False)``), for every opset >= 13. Idempotent."""
+    from torch.onnx import symbolic_helper
+
+    @symbolic_helper.parse_args('v', 'i', 's')
+    def window_correlation(g, keys, kernel_size, padding_mode):
+        return _window_correlation(_TorchScriptGraph(g), keys, keys, kernel_size, padding_mode,
+                                   'window_correlation')
+
+    @symbolic_helper.parse_args('v', 'v', 'i', 's')
+    def adaptive_conv_backward_kernel(g, queries, keys, kernel_size, padding_mode):
+        return _window_correlation(_TorchScriptGraph(g), queries, keys, kernel_size,
+                                   padding_mode, 'window_cross_correlation')
+
+    @symbolic_helper.parse_args('v', 'v', 's')
+    def adaptive_conv(g, x, kernel, padding_mode):
+        # k*k from the traced op's kernel: the ONNX graph's shape inference can lose it
+        # (e.g. behind a Reshape whose target shape is computed)
+        taps = g.original_node.inputsAt(1).type().varyingSizes()[1]
+        return _adaptive_conv(_TorchScriptGraph(g), x, kernel, _kernel_size_from_taps(taps),
+                              padding_mode)
+
+    for symbolic in (window_correlation, adaptive_conv_backward_kernel, adaptive_conv):
+        torch.onnx.register_custom_op_symbolic(f'featup_mmseg::{symbolic.__name__}', symbolic,
+                                               MIN_OPSET)
+
+
+# ----------------------------------------------------------------------------------------
+# dynamo=True: onnxscript translations
+
+def onnx_translation_table() -> Dict[Callable, Callable]:
+    """``custom_translation_table`` for ``torch.onnx.export(..., dynamo=True)``: the ops'
+    translations as onnxscript functions that the exporter traces. Needs onnxscript."""
+    try:
+        from onnxscript import opset18 as op
+    except ImportError as err:
+        raise ImportError('featup_mmseg: exporting with dynamo=True needs onnxscript '
+                          f'(pip install onnxscript): {err}') from None
+    graph = _OnnxScriptGraph(op)
+
+    # Parameters named as in the ops' schemas (csrc/bindings.cpp). The exporter passes the
+    # int and str arguments as Python values, which fix the unrolled taps.
+    def window_correlation(keys, kernel_size: int, padding_mode: str):
+        return _window_correlation(graph, keys, keys, kernel_size, padding_mode,
+                                   'window_correlation')
+
+    def adaptive_conv_backward_kernel(grad, features, kernel_size: int, padding_mode: str):
+        return _window_correlation(graph, grad, features, kernel_size, padding_mode,
+                                   'window_cross_correlation')
+
+    def adaptive_conv(features, kernel, padding_mode: str):
+        return _adaptive_conv(graph, features, kernel, _kernel_size_from_taps(kernel.shape[1]),
+                              padding_mode)
+
+    ops = torch.ops.featup_mmseg
+    return {ops.window_correlation.default: window_correlation,
+            ops.adaptive_conv_backward_kernel.default: adaptive_conv_backward_kernel,
+            ops.adaptive_conv.default: adaptive_conv}
+
+
+def dynamo_export_available() -> bool:
+    """Whether this torch's ``torch.onnx.export`` takes ``dynamo=`` (torch >= 2.5)."""
+    return 'dynamo' in inspect.signature(torch.onnx.export).parameters
+
+
+def export_onnx(model: torch.nn.Module, args: tuple, f, dynamo: bool = False, **kwargs):
+    """``torch.onnx.export(model, args, f, dynamo=dynamo, **kwargs)`` of the model for
+    inference, with the window ops translated to standard ONNX.
+
+    The model is exported in eval mode under ``torch.no_grad()``, and every submodule's
+    train/eval mode is restored afterwards. (The TorchScript exporter restores only the top
+    module's mode, with ``model.train(mode)``, which turns the eval submodules of a
+    train-mode wrapper into training mode; torch.export then exports them as training,
+    dropout and drop-path included.) Returns what ``torch.onnx.export`` returns (an
+    ``ONNXProgram`` for ``dynamo=True``).
+    """
+    if dynamo:
+        if not dynamo_export_available():
+            raise RuntimeError(f'torch {torch.__version__} has no torch.onnx.export(dynamo=True) '
+                               '(torch >= 2.5 has); export with dynamo=False')
+        table = {**onnx_translation_table(), **kwargs.pop('custom_translation_table', {})}
+        kwargs.update(dynamo=True, custom_translation_table=table)
+    else:
+        register_onnx_translations()
+        if dynamo_export_available():
+            kwargs['dynamo'] = False
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        with torch.no_grad():
+            return torch.onnx.export(model, args, f, **kwargs)
+    finally:
+        for module, training in modes:
+            module.training = training
