@@ -1,4 +1,5 @@
-"""The benchmark script runs end to end and reports both implementations with ratios."""
+"""The benchmark scripts run end to end and report their measurements with ratios."""
+import os
 import re
 import subprocess
 import sys
@@ -20,3 +21,23 @@ def test_benchmark_ops_reports_ratios():
             assert re.search(rf'{op}\s+\(1, {channels}, 16, 16, 3\)\s+{impl}\s+[\d.]+\s+[\d.]+'
                              r'\s+[\d.]+', out), out
     assert len(re.findall(r'ratio\s+[\d.]+x\s+[\d.]+x\s+[\d.]+x', out)) == 2, out
+
+
+def test_benchmark_upsamplers_reports_every_method():
+    # One thread: the smoke test checks the tables, not speed, and a thread pool on a
+    # busy 2-core machine waits on its descheduled threads.
+    result = subprocess.run([
+        sys.executable, str(ROOT / 'tools' / 'benchmark_upsamplers.py'), '--device', 'cpu',
+        '--quick', '--source-size', '8', '--image-size', '64', '--repeats', '1'
+    ], capture_output=True, text=True, timeout=300, env={**os.environ, 'OMP_NUM_THREADS': '1'})
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert 'source (1, 256, 8, 8) -> (1, 256, 16, 16)' in out, out
+    assert 'SegFormer-B1 training step at 64 x 64, batch 1' in out, out
+    number, ratio = r'\s+[\d.]+\s+\|', r'\s+[\d.]+x\s+\|'
+    for method in ('bilinear', 'JBUStage', 'ResizeConv', 'CARAFE', 'IndexNet', 'A2U', 'SAPA',
+                   'FADE', 'DySample'):
+        # upsamplers: fwd, fwd+bwd, peak, their ratios to bilinear and to JBU
+        assert re.search(rf'^\| {method}\s+\|{number * 3}{ratio * 6}$', out, re.M), out
+        # SegFormer: step, peak, their ratios to bilinear
+        assert re.search(rf'^\| {method}\s+\|{number * 2}{ratio * 2}$', out, re.M), out

@@ -103,7 +103,7 @@ def _proc_status_kib(field):
     raise RuntimeError(f'{field} not in /proc/self/status')
 
 
-def _time_ms(device, fn, setup=None):
+def time_ms(device, fn, setup=None):
     """Wall time of fn() in ms; setup() runs untimed before it and feeds it."""
     arg = setup() if setup else None
     if device == 'cuda':
@@ -115,6 +115,23 @@ def _time_ms(device, fn, setup=None):
     return (time.perf_counter() - start) * 1e3
 
 
+def peak_extra_mib(device, fn):
+    """Peak memory of fn() above the memory in use before it, in MiB: on CUDA
+    torch.cuda.max_memory_allocated, on CPU the rise of the process's peak resident set."""
+    if device == 'cuda':
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        fn()
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - base) / 2**20
+    with open('/proc/self/clear_refs', 'w') as f:
+        f.write('5')  # reset the peak resident set to the current one
+    base = _proc_status_kib('VmRSS')
+    fn()
+    return (_proc_status_kib('VmHWM') - base) / 1024
+
+
 def measure(name, shape, impl, device, repeats):
     """Forward ms, backward ms and peak extra MiB of one implementation of one case."""
     with use_reference_ops() if impl == 'reference' else contextlib.nullcontext():
@@ -124,32 +141,21 @@ def measure(name, shape, impl, device, repeats):
             tiny_forward, tiny_backward, _ = make_case(*TINY_CASE, device)
             tiny_backward(tiny_forward())
         forward, backward, inputs = make_case(name, shape, device)
+        peak_mib = peak_extra_mib(device, lambda: backward(forward()))
         if device == 'cuda':
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            base = torch.cuda.memory_allocated()
-            backward(forward())
-            torch.cuda.synchronize()
-            peak_mib = (torch.cuda.max_memory_allocated() - base) / 2**20
             for _ in range(3):
                 backward(forward())
-        else:
-            with open('/proc/self/clear_refs', 'w') as f:
-                f.write('5')  # reset the peak resident set to the current one
-            base = _proc_status_kib('VmRSS')
-            backward(forward())
-            peak_mib = (_proc_status_kib('VmHWM') - base) / 1024
-        fwd = statistics.median(_time_ms(device, forward) for _ in range(repeats))
-        bwd = statistics.median(_time_ms(device, backward, setup=forward) for _ in range(repeats))
+        fwd = statistics.median(time_ms(device, forward) for _ in range(repeats))
+        bwd = statistics.median(time_ms(device, backward, setup=forward) for _ in range(repeats))
     return {'fwd_ms': fwd, 'bwd_ms': bwd, 'peak_mib': peak_mib}
 
 
-def measure_in_fresh_process(*args):
+def run_in_fresh_process(fn, *args, start_method='spawn'):
     # A fresh process per CPU measurement: its peak resident set then reflects only
     # this measurement, not memory an earlier one left cached in the heap.
-    ctx = multiprocessing.get_context('spawn')
+    ctx = multiprocessing.get_context(start_method)
     with ctx.Pool(1) as pool:
-        return pool.apply(measure, args)
+        return pool.apply(fn, args)
 
 
 def copy_gbps(device, numel):
@@ -158,7 +164,7 @@ def copy_gbps(device, numel):
     dst = torch.empty_like(src)
     for _ in range(3):
         dst.copy_(src)
-    ms = statistics.median(_time_ms(device, lambda: dst.copy_(src)) for _ in range(20))
+    ms = statistics.median(time_ms(device, lambda: dst.copy_(src)) for _ in range(20))
     return 2 * src.numel() * src.element_size() / ms / 1e6
 
 
@@ -182,7 +188,7 @@ def run_case(name, shape, label, device, repeats, copy_bandwidth, note=''):
     results = {}
     for impl in ('compiled', 'reference'):
         if device == 'cpu':
-            results[impl] = measure_in_fresh_process(name, shape, impl, device, repeats)
+            results[impl] = run_in_fresh_process(measure, name, shape, impl, device, repeats)
         else:
             results[impl] = measure(name, shape, impl, device, repeats)
             torch.cuda.empty_cache()

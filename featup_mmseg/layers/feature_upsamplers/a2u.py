@@ -77,14 +77,13 @@ class A2U(nn.Module):
     def _encode(self, guidance: torch.Tensor, encoder: nn.Module,
                 norm: nn.Module) -> torch.Tensor:
         """LeakyReLU(GN(depthwise stride-2 conv of G with its per-sample shared kernel))."""
-        batch, channels, height, width = guidance.shape
-        size = self.encoder_kernel
+        batch, size = guidance.shape[0], self.encoder_kernel
         kernel = encoder(average_pool(guidance, (size, size)))  # (B, 1, k, k)
-        weight = kernel.expand(batch, channels, size, size).reshape(batch * channels, 1, size,
-                                                                     size)
-        encoded = F.conv2d(guidance.reshape(1, batch * channels, height, width), weight,
-                           stride=SCALE, padding=(size - 1) // 2, groups=batch * channels)
-        return F.leaky_relu(norm(encoded.reshape(batch, channels, *encoded.shape[-2:])))
+        # One kernel per sample, shared by its channels: channels as the batch and samples
+        # as B groups, rather than B * C groups (whose CPU backward is ~20x slower)
+        encoded = F.conv2d(guidance.transpose(0, 1), kernel, stride=SCALE,
+                           padding=(size - 1) // 2, groups=batch)
+        return F.leaky_relu(norm(encoded.transpose(0, 1)))
 
     def kernel(self, guidance: torch.Tensor) -> torch.Tensor:
         """(B, up_kernel**2, H, W) reassembly weights of an even-sized guidance."""
