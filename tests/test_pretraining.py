@@ -19,6 +19,7 @@ from featup_mmseg.layers import (AttentionDownsampler, Jitter, ReconstructionCri
 PRETRAIN_DEMO = ROOT / 'configs/demo/vit-tiny_jbu-neck_featup-pretrain_synthetic-128x128.py'
 PRETRAIN_FEATUP = ROOT / 'configs/featup_pretrain/vit-s16_featup-jbu-pretrain_224px.py'
 JBU_DEMO = ROOT / 'configs/demo/segformer_mit-b0_featup-jbu_synthetic-128x128.py'
+BILINEAR_DEMO = ROOT / 'configs/demo/segformer_mit-b0_bilinear_synthetic-128x128.py'
 
 init_default_scope('mmseg')
 
@@ -137,6 +138,8 @@ def test_hook_finds_the_upsamplers_and_rejects_models_without():
     assert head_target.name == 'decode_head' and head_target.reconstructed == [1, 2, 3]
     with pytest.raises(ValueError, match=r"target='neck'.*no JBU upsampler to pretrain"):
         find_targets(_model(JBU_DEMO), 'neck')
+    with pytest.raises(ValueError, match=r"target='auto'.*no JBU upsampler to pretrain"):
+        find_targets(_model(BILINEAR_DEMO), 'auto')
     with pytest.raises(ValueError, match=r"target must be one of .*'backbone'"):
         HOOKS.build(dict(type='FeatUpPretrainHook', target='backbone'))
     featup_setting = Config.fromfile(PRETRAIN_FEATUP).custom_hooks[0]

@@ -64,7 +64,9 @@ def find_targets(model: nn.Module, target: str) -> List[PretrainTarget]:
         targets.append(PretrainTarget('neck', neck.upsampler, neck, 'neck.', [neck.in_channels],
                                       neck_features, neck_upsample, [0]))
     head = getattr(model, 'decode_head', None)
-    if target in ('auto', 'decode_head') and hasattr(head, 'guided_stages'):
+    # FeatUpSegformerHead with guided stages (its bilinear twin has only interpolations)
+    if target in ('auto', 'decode_head') and hasattr(head, 'upsample_levels') and \
+            getattr(head, 'guided', False):
         levels = len(head.guided_stages) + 1
         targets.append(
             PretrainTarget('decode_head', head.guided_stages, head.guided_stages,

@@ -76,9 +76,13 @@ class FeatUpSegformerHead(GuidedDecodeHeadMixin, BaseDecodeHead):
         """c1..cN: the selected backbone levels projected to ``channels``."""
         return [conv(x) for conv, x in zip(self.convs, self._transform_inputs(inputs))]
 
+    def upsample_levels(self, projected):
+        """c2..cN brought to c1's grid by their stages (FeatUpPretrainHook trains these)."""
+        return climb_levels(self.guided_stages, projected)
+
     def forward(self, inputs):
         self.check_input_size(inputs)
         projected = self.project(inputs)
-        outs = [projected[0], *climb_levels(self.guided_stages, projected)]
+        outs = [projected[0], *self.upsample_levels(projected)]
         out = self.fusion_conv(torch.cat(outs, dim=1))
         return self.cls_seg(out)
