@@ -23,6 +23,19 @@ def test_benchmark_ops_reports_ratios():
     assert len(re.findall(r'ratio\s+[\d.]+x\s+[\d.]+x\s+[\d.]+x', out)) == 2, out
 
 
+def test_benchmark_jbu_head_reports_ratios():
+    result = subprocess.run([sys.executable, str(ROOT / 'tools' / 'benchmark_jbu_head.py'),
+                             '--quick'], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    every = ('bilinear', 'jbu-before', 'jbu')
+    for case, impls in (('model', every), ('head', every), ('stack', ('jbu-before', 'jbu'))):
+        for impl in impls:
+            assert re.search(rf'{case}\s+{impl}\s+[\d.]+\s+[\d.]+\s+[\d.]+\s+-?\d+', out), out
+        assert re.search(rf'{case}\s+speed-up over before\s+[\d.]+x', out), out
+    assert len(re.findall(r'jbu / bilinear\s+[\d.]+x\s+-?[\d.]+x', out)) == 2, out
+
+
 def test_benchmark_upsamplers_reports_every_method():
     # One thread: the smoke test checks the tables, not speed, and a thread pool on a
     # busy 2-core machine waits on its descheduled threads.

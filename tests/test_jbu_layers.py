@@ -4,6 +4,8 @@ import torch
 import torch.nn.functional as F
 
 from featup_mmseg.layers import RANGE_KERNELS, JBUStack, JBUStage, stage_sizes
+from featup_mmseg.layers.jbu_stage import bicubic_resize, conv1x1
+from featup_mmseg.ops import window_ops
 
 # ----------------------------------------------------------------------------------------
 # the spec, step by step, in plain PyTorch with F.unfold (independent of featup_mmseg.ops)
@@ -263,3 +265,143 @@ def test_stage_runs_under_autocast():
     assert (out.float() - reference).abs().max() < 0.02 * reference.abs().max()
     out.float().sum().backward()
     assert source.grad is not None and torch.isfinite(source.grad).all()
+
+
+# ----------------------------------------------------------------------------------------
+# the stage's own formulations of its operators (issue 13): same numbers as PyTorch's
+
+@pytest.mark.parametrize('sizes', [((64, 64), (128, 128)), ((5, 7), (10, 14)), ((9, 6), (13, 20)),
+                                   ((1, 3), (4, 5)), ((7, 7), (7, 7)), ((3, 2), (8, 9))], ids=str)
+def test_bicubic_resize_is_pytorchs(sizes):
+    """x2, non-x2, odd, 1-pixel and identity sizes; border rows and columns included."""
+    (h, w), size = sizes
+    source = torch.randn(2, 3, h, w, dtype=torch.float64, requires_grad=True)
+    grad = torch.randn(2, 3, *size, dtype=torch.float64)
+    got = bicubic_resize(source, size)
+    want = F.interpolate(source, size, mode='bicubic', align_corners=False)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+    got_grad, = torch.autograd.grad(got, source, grad)
+    want_grad, = torch.autograd.grad(want, source, grad)
+    torch.testing.assert_close(got_grad, want_grad, rtol=0, atol=1e-12)
+    # float32: the matrices hold F.interpolate's own float32 weights
+    source32 = source.detach().float().requires_grad_()
+    torch.testing.assert_close(bicubic_resize(source32, size),
+                               F.interpolate(source32, size, mode='bicubic', align_corners=False),
+                               rtol=0, atol=1e-5)
+
+
+def test_bicubic_resize_gradcheck_and_plain_path_without_grad():
+    source = torch.randn(1, 2, 3, 4, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda s: bicubic_resize(s, (7, 6)), (source,))
+    assert torch.autograd.gradgradcheck(lambda s: bicubic_resize(s, (7, 6)), (source,))
+    with torch.no_grad():
+        torch.testing.assert_close(
+            bicubic_resize(source, (7, 6)),
+            F.interpolate(source, (7, 6), mode='bicubic', align_corners=False), rtol=0, atol=0)
+
+
+def _cpu_supports_matmul(dtype):
+    """torch < 2.2 has no CPU float16 matrix products."""
+    try:
+        torch.ones(1, 2, 2, dtype=dtype).bmm(torch.ones(1, 2, 2, dtype=dtype))
+    except RuntimeError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16])
+def test_bicubic_resize_half_precision(dtype):
+    if not _cpu_supports_matmul(dtype):
+        pytest.skip(f'this torch has no CPU {dtype} matrix products')
+    source = torch.randn(2, 3, 6, 5).to(dtype).requires_grad_()
+    got = bicubic_resize(source, (12, 9))
+    assert got.dtype == dtype
+    want = F.interpolate(source.detach().float(), (12, 9), mode='bicubic', align_corners=False)
+    torch.testing.assert_close(got.float(), want, rtol=0, atol=0.05)
+    got.float().sum().backward()
+    assert source.grad.dtype == dtype and torch.isfinite(source.grad).all()
+
+
+@pytest.mark.parametrize('shape', [(2, 5, 3, 4), (1, 49, 1, 7)])
+def test_conv1x1_is_conv2d(shape):
+    x = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(6, shape[1], 1, 1, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(6, dtype=torch.float64, requires_grad=True)
+    grad = torch.randn(shape[0], 6, *shape[2:], dtype=torch.float64)
+    got, want = conv1x1(x, weight, bias), F.conv2d(x, weight, bias)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+    for g, w in zip(torch.autograd.grad(got, (x, weight, bias), grad),
+                    torch.autograd.grad(want, (x, weight, bias), grad)):
+        torch.testing.assert_close(g, w, rtol=0, atol=1e-12)
+    tiny = torch.randn(1, shape[1], 2, 2, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(conv1x1, (tiny, weight, bias))
+    # weight slices: the split fixup MLP
+    torch.testing.assert_close(conv1x1(x[:, 1:3], weight[:2, 1:3]),
+                               F.conv2d(x[:, 1:3], weight[:2, 1:3]), rtol=0, atol=1e-12)
+
+
+def test_conv1x1_half_precision_and_autocast():
+    x, weight, bias = torch.randn(2, 8, 4, 4), torch.randn(5, 8, 1, 1), torch.randn(5)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        got, want = conv1x1(x, weight, bias), F.conv2d(x, weight, bias)
+    assert got.dtype == want.dtype == torch.bfloat16
+    torch.testing.assert_close(got.float(), want.float(), rtol=0.02, atol=0.05)
+    if not _cpu_supports_matmul(torch.float16):
+        return  # torch < 2.2: no CPU float16 products (nor convolutions) at all
+    half = conv1x1(x.half(), weight.half(), bias.half())
+    assert half.dtype == torch.float16
+    torch.testing.assert_close(half.float(), F.conv2d(x, weight, bias), rtol=0.01, atol=0.02)
+
+
+@pytest.mark.parametrize('range_kernel', RANGE_KERNELS)
+def test_stage_gradients_match_spec_for_every_range_kernel(range_kernel):
+    """Gradients of source, guidance and every parameter through the split fixup MLP, the
+    1x1 products and the separable resize, at a non-x2 odd size."""
+    stage = _randomise(JBUStage(guidance_dim=5, key_dim=4, radius=2,
+                                range_kernel=range_kernel).double()).eval()
+    source = torch.randn(2, 3, 5, 7, dtype=torch.float64, requires_grad=True)
+    guidance = torch.randn(2, 5, 11, 9, dtype=torch.float64, requires_grad=True)
+    params = dict(stage.named_parameters())
+    inputs = [source, guidance, *params.values()]
+    out = stage(source, guidance)
+    expected = spec_stage(params, source, guidance, 2, range_kernel)
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-10)
+    grad = torch.randn_like(out)
+    for g, w in zip(torch.autograd.grad(out, inputs, grad),
+                    torch.autograd.grad(expected, inputs, grad)):
+        torch.testing.assert_close(g, w, rtol=0, atol=1e-10)
+
+
+def test_stage_gradcheck_tiny():
+    stage = _randomise(JBUStage(guidance_dim=2, key_dim=2, radius=1).double()).eval()
+    source = torch.randn(1, 2, 3, 3, dtype=torch.float64, requires_grad=True)
+    guidance = torch.randn(1, 2, 5, 4, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(stage, (source, guidance))
+
+
+def test_stage_second_order_gradients():
+    """The resized features are recomputed in the backward (not stored): gradients of
+    gradients still reach the source through them."""
+    stage = _randomise(JBUStage(guidance_dim=2, key_dim=2, radius=1).double()).eval()
+    source = torch.randn(1, 2, 3, 3, dtype=torch.float64, requires_grad=True)
+    guidance = torch.randn(1, 2, 5, 4, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradgradcheck(stage, (source, guidance))
+
+
+@pytest.mark.skipif(
+    window_ops.REGISTRATION != 'dispatcher',
+    reason='behind torch.autograd.Function, TorchDynamo breaks the graph at the ops')
+def test_stage_compiles_with_gradients():
+    """fullgraph: the separable resize's autograd.Function traces, and the saved-tensor
+    hooks that recompute the resized features stay out of the compiled graph."""
+    torch._dynamo.reset()
+    stage = _randomise(JBUStage(guidance_dim=3, key_dim=4, radius=1)).eval()
+    source = torch.randn(1, 4, 5, 5, requires_grad=True)
+    guidance = torch.randn(1, 3, 10, 9, requires_grad=True)
+    want = stage(source, guidance)
+    want_grads = torch.autograd.grad(want.square().sum(), (source, guidance))
+    got = torch.compile(stage, fullgraph=True)(source, guidance)
+    got_grads = torch.autograd.grad(got.square().sum(), (source, guidance))
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    for g, w in zip(got_grads, want_grads):
+        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-4)
