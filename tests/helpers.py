@@ -73,3 +73,18 @@ def run_torchrun(script, *args, nproc=2, port, timeout=600):
     # torchrun exits 0 only when every rank did
     assert result.returncode == 0, result.stderr[-3000:]
     return result
+
+
+class ImageSpy:
+    """Records the image (last argument) of every ``cls.forward(module, ..., image)`` call,
+    e.g. of JBUNeck or ImageGuidedOutputUpsampler, during a test."""
+
+    def __init__(self, monkeypatch, cls):
+        self.images = []
+        original = cls.forward
+
+        def forward(module, *args):
+            self.images.append(args[-1])
+            return original(module, *args)
+
+        monkeypatch.setattr(cls, 'forward', forward)

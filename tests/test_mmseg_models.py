@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import official_featup_checkpoint, run_tool
+from helpers import ImageSpy, official_featup_checkpoint, run_tool
 from mmengine.config import Config, ConfigDict
 from mmengine.registry import init_default_scope
 from mmengine.structures import PixelData
@@ -148,26 +148,12 @@ def _batch(batch=2, size=64, num_classes=3):
     return torch.randn(batch, 3, size, size), samples
 
 
-class _ImageSpy:
-    """Records the image each JBUNeck call receives."""
-
-    def __init__(self, monkeypatch):
-        self.images = []
-        original = JBUNeck.forward
-
-        def forward(neck, inputs, image):
-            self.images.append(image)
-            return original(neck, inputs, image)
-
-        monkeypatch.setattr(JBUNeck, 'forward', forward)
-
-
 @pytest.mark.parametrize('test_cfg, crops', [
     (dict(mode='whole'), [(64, 64)]),
     (dict(mode='slide', crop_size=(48, 48), stride=(16, 16)), [(48, 48)] * 4),
 ])
 def test_guided_segmentor_passes_the_image_in_every_mode(monkeypatch, test_cfg, crops):
-    spy = _ImageSpy(monkeypatch)
+    spy = ImageSpy(monkeypatch, JBUNeck)
     model = MODELS.build(_segmentor(test_cfg=test_cfg))
     assert isinstance(model, GuidedEncoderDecoder)
     inputs, samples = _batch()

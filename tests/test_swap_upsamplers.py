@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import ImageSpy
 from mmengine.config import Config, ConfigDict
 from mmengine.optim import OptimWrapper
 from mmengine.registry import init_default_scope
@@ -245,24 +246,12 @@ def test_every_family_trains_on_synthetic_shapes(family):
 # ----------------------------------------------------------------------------------------
 # the image-guided output upsampler
 
-class _ImageSpy:
-    def __init__(self, monkeypatch):
-        self.images = []
-        original = ImageGuidedOutputUpsampler.forward
-
-        def forward(upsampler, features, image):
-            self.images.append(image)
-            return original(upsampler, features, image)
-
-        monkeypatch.setattr(ImageGuidedOutputUpsampler, 'forward', forward)
-
-
 @pytest.mark.parametrize('test_cfg, crops', [
     (dict(mode='whole'), [(64, 64)]),
     (dict(mode='slide', crop_size=(48, 48), stride=(16, 16)), [(48, 48)] * 4),
 ])
 def test_output_upsampler_gets_the_image_in_every_mode(monkeypatch, test_cfg, crops):
-    spy = _ImageSpy(monkeypatch)
+    spy = ImageSpy(monkeypatch, ImageGuidedOutputUpsampler)
     model = _segmentor('pspnet_output', test_cfg=test_cfg)
     assert isinstance(model.decode_head, PSPHead)
     assert not any(k.startswith('decode_head.output') for k in model.state_dict())

@@ -71,6 +71,14 @@ def upsampler_type(owner: str, cfg) -> str:
     return kind
 
 
+def checked_upsampler_config(owner: str, cfg) -> dict:
+    """A head's or neck's ``upsampler`` argument as the config it builds from: FeatUp's JBU
+    when None, checked by :func:`upsampler_type`."""
+    cfg = dict(type='JBUStage') if cfg is None else cfg
+    upsampler_type(owner, cfg)
+    return dict(cfg)
+
+
 def is_interpolation(cfg) -> bool:
     return cfg['type'] in INTERPOLATION_TYPES
 

@@ -5,8 +5,8 @@ from typing import List, Optional, Sequence, Tuple
 import torch.nn as nn
 
 from ..input_size import check_guide_sizes
-from ..upsamplers import (describe_stages, is_interpolation, level_stage_guides,
-                         upsampler_type)
+from ..upsamplers import (checked_upsampler_config, describe_stages, is_interpolation,
+                         level_stage_guides)
 
 Guide = Tuple[str, Tuple[int, int], int]
 
@@ -27,9 +27,8 @@ class GuidedDecodeHeadMixin:
 
     def set_upsampler(self, upsampler) -> None:
         """Stores the checked upsampler config (FeatUp's JBU when None)."""
-        upsampler = dict(type='JBUStage') if upsampler is None else upsampler
-        self.upsampler_type = upsampler_type(type(self).__name__, upsampler)
-        self.upsampler_cfg = dict(upsampler)
+        self.upsampler_cfg = checked_upsampler_config(type(self).__name__, upsampler)
+        self.upsampler_type = self.upsampler_cfg['type']
 
     @property
     def guided(self) -> bool:

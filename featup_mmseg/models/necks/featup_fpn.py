@@ -5,7 +5,7 @@ from mmseg.models.necks import FPN
 from mmseg.registry import MODELS
 
 from ..input_size import check_guide_sizes
-from ..upsamplers import build_guided_upsampler, describe_stages, upsampler_type
+from ..upsamplers import build_guided_upsampler, checked_upsampler_config, describe_stages
 
 FPN_UPSAMPLE_CFG = dict(mode='nearest')
 
@@ -35,11 +35,11 @@ class FeatUpFPN(FPN):
                 f'FeatUpFPN: upsample_cfg={upsample_cfg!r} is replaced by upsampler: use '
                 "upsampler=dict(type='nearest') or dict(type='bilinear') for mmseg's resizes")
         super().__init__(*args, upsample_cfg=upsample_cfg, **kwargs)
-        upsampler = dict(type='JBUStage') if upsampler is None else upsampler
-        self.upsampler_type = upsampler_type('FeatUpFPN', upsampler)
-        self.upsampler_cfg = dict(upsampler)
+        self.upsampler_cfg = checked_upsampler_config('FeatUpFPN', upsampler)
+        self.upsampler_type = self.upsampler_cfg['type']
         self.top_down_stages = nn.ModuleList(
-            build_guided_upsampler('FeatUpFPN', upsampler, self.out_channels, self.out_channels)
+            build_guided_upsampler('FeatUpFPN', self.upsampler_cfg, self.out_channels,
+                                   self.out_channels)
             for _ in range(len(self.lateral_convs) - 1))
 
     def forward(self, inputs):
