@@ -4,8 +4,10 @@ import torch
 import torch.nn.functional as F
 
 from featup_mmseg.layers import RANGE_KERNELS, JBUStack, JBUStage, stage_sizes
-from featup_mmseg.layers.jbu_stage import bicubic_resize, conv1x1
-from featup_mmseg.ops import window_ops
+from featup_mmseg.layers import bicubic
+from featup_mmseg.layers.bicubic import bicubic_resize, resized_adaptive_conv
+from featup_mmseg.layers.jbu_stage import conv1x1, residual_conv1x1
+from featup_mmseg.ops import adaptive_conv, window_ops
 
 # ----------------------------------------------------------------------------------------
 # the spec, step by step, in plain PyTorch with F.unfold (independent of featup_mmseg.ops)
@@ -23,14 +25,16 @@ def _conv1x1(x, params, prefix):
     return F.conv2d(x, params[prefix + '.weight'], params[prefix + '.bias'])
 
 
-def _mlp(x, params, prefix):  # Conv1x1, GELU, Dropout2d (identity in eval), Conv1x1
-    return _conv1x1(F.gelu(_conv1x1(x, params, prefix + '.0')), params, prefix + '.3')
+def _mlp(x, params, prefix, training=False):  # Conv1x1, GELU, Dropout2d(0.1), Conv1x1
+    hidden = F.dropout2d(F.gelu(_conv1x1(x, params, prefix + '.0')), 0.1, training)
+    return _conv1x1(hidden, params, prefix + '.3')
 
 
-def spec_stage(params, source, guidance, radius, range_kernel='softmax'):
+def spec_stage(params, source, guidance, radius, range_kernel='softmax', training=False):
     k = 2 * radius + 1
     height, width = guidance.shape[-2:]
-    keys = guidance if range_kernel == 'no_mlp' else _mlp(guidance, params, 'range_proj')  # 1
+    keys = guidance if range_kernel == 'no_mlp' else _mlp(guidance, params, 'range_proj',
+                                                          training)  # 1
     windows = _windows(keys, radius)  # (B, D, k*k, H, W)
     centre = keys.unsqueeze(2)
     if range_kernel in ('softmax', 'no_mlp'):
@@ -50,20 +54,23 @@ def spec_stage(params, source, guidance, radius, range_kernel='softmax'):
     ]).view(1, k * k, 1, 1)  # 4
     kernel = range_k * spatial
     kernel = kernel / kernel.sum(1, keepdim=True).clamp(min=1e-7)  # 5
-    kernel = kernel + 0.1 * _mlp(torch.cat([kernel, guidance], 1), params, 'fixup_proj')  # 6
+    kernel = kernel + 0.1 * _mlp(torch.cat([kernel, guidance], 1), params, 'fixup_proj',
+                                 training)  # 6
     upsampled = F.interpolate(source, (height, width), mode='bicubic', align_corners=False)  # 7
     return (_windows(upsampled, radius) * kernel.unsqueeze(1)).sum(2)  # 8
 
 
-def spec_stack(params, source, image, num_stages=4, radius=3):
+def spec_stack(params, source, image, num_stages=4, radius=3, training=False):
     """FeatUp's stack: x2 per stage, guidance = image pooled to each stage's size."""
     features = source
     for index in range(1, num_stages + 1):
         stage_params = {key[len(f'up{index}.'):]: value for key, value in params.items()
                         if key.startswith(f'up{index}.')}
         size = (features.shape[2] * 2, features.shape[3] * 2)
-        features = spec_stage(stage_params, features, F.adaptive_avg_pool2d(image, size), radius)
-    return features + 0.1 * _conv1x1(features, params, 'fixup_proj.1')
+        features = spec_stage(stage_params, features, F.adaptive_avg_pool2d(image, size), radius,
+                              training=training)
+    return features + 0.1 * _conv1x1(F.dropout2d(features, 0.2, training), params,
+                                     'fixup_proj.1')
 
 
 def _randomise(module, seed=0):
@@ -351,6 +358,103 @@ def test_conv1x1_half_precision_and_autocast():
     half = conv1x1(x.half(), weight.half(), bias.half())
     assert half.dtype == torch.float16
     torch.testing.assert_close(half.float(), F.conv2d(x, weight, bias), rtol=0.01, atol=0.02)
+
+
+@pytest.mark.parametrize('padding_mode', ['reflect', 'zeros'])
+@pytest.mark.parametrize('chunk_bytes', [1, 700, 2**30], ids=['1ch', '3ch', 'whole'])
+def test_resized_adaptive_conv_is_resize_then_aggregate(monkeypatch, chunk_bytes, padding_mode):
+    """Chunk by chunk (one channel, uneven chunks of 3 of 7, all at once) the same values
+    and gradients as resizing first, at a non-x2 size."""
+    monkeypatch.setattr(bicubic, 'RESIZED_CHUNK_BYTES', chunk_bytes)
+    source = torch.randn(2, 7, 5, 4, dtype=torch.float64, requires_grad=True)
+    kernel = torch.randn(2, 9, 9, 7, dtype=torch.float64, requires_grad=True)
+    got = resized_adaptive_conv(source, kernel, padding_mode)
+    want = adaptive_conv(F.interpolate(source, (9, 7), mode='bicubic', align_corners=False),
+                         kernel, padding_mode)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+    grad = torch.randn_like(want)
+    want_grads = torch.autograd.grad(want, (source, kernel), grad)
+    for g, w in zip(torch.autograd.grad(got, (source, kernel), grad), want_grads):
+        torch.testing.assert_close(g, w, rtol=0, atol=1e-12)
+    # only one of the two needing a gradient (frozen backbone features: only the kernel)
+    frozen = source.detach()
+    grad_kernel, = torch.autograd.grad(resized_adaptive_conv(frozen, kernel, padding_mode),
+                                       kernel, grad)
+    torch.testing.assert_close(grad_kernel, want_grads[1], rtol=0, atol=1e-12)
+
+
+def test_resized_adaptive_conv_gradients_of_two_orders(monkeypatch):
+    monkeypatch.setattr(bicubic, 'RESIZED_CHUNK_BYTES', 100)  # two channels per chunk
+    source = torch.randn(1, 3, 3, 2, dtype=torch.float64, requires_grad=True)
+    kernel = torch.randn(1, 9, 5, 4, dtype=torch.float64, requires_grad=True)
+
+    def op(s, k):
+        return resized_adaptive_conv(s, k, 'reflect')
+
+    assert torch.autograd.gradcheck(op, (source, kernel))
+    assert torch.autograd.gradgradcheck(op, (source, kernel))
+
+
+def test_training_stage_never_keeps_the_resized_features():
+    """What autograd stores for a training stage: never a (B, C, H, W) map, i.e. the
+    resized features, whose chunks are recomputed in the backward instead."""
+    stage = JBUStage(guidance_dim=3).train()
+    source = torch.randn(2, 8, 6, 6, requires_grad=True)
+    guidance = torch.randn(2, 3, 12, 12)
+    saved = []
+
+    def pack(tensor):
+        saved.append(tuple(tensor.shape))
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        out = stage(source, guidance)
+    assert out.shape == (2, 8, 12, 12) and (2, 8, 6, 6) in saved
+    assert (2, 8, 12, 12) not in saved, saved
+    out.sum().backward()
+    assert source.grad.shape == source.shape
+
+
+@pytest.mark.parametrize('training', [False, True])
+def test_residual_conv1x1_is_dropout_conv_and_sum(training):
+    """x + 0.1 * Conv2d(Dropout2d(x)): values and gradients, the dropout masks included
+    (the same RNG state draws the same channels)."""
+    dropout, conv = torch.nn.Dropout2d(0.5), torch.nn.Conv2d(6, 6, 1).double()
+    dropout.train(training)
+    x = torch.randn(3, 6, 4, 5, dtype=torch.float64, requires_grad=True)
+    torch.manual_seed(1)
+    got = residual_conv1x1(x, dropout, conv, 0.1)
+    torch.manual_seed(1)
+    want = x + 0.1 * conv(dropout(x))
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+    grad = torch.randn_like(want)
+    inputs = (x, conv.weight, conv.bias)
+    for g, w in zip(torch.autograd.grad(got, inputs, grad), torch.autograd.grad(want, inputs, grad)):
+        torch.testing.assert_close(g, w, rtol=0, atol=1e-12)
+    if training:  # the masks did drop channels, so the comparison covered them
+        assert not torch.allclose(want, x + 0.1 * conv(x))
+
+
+def test_stack_trains_like_the_spec_with_dropout():
+    """A train-mode JBUStack (chunked resize and aggregation, fixup dropout folded into its
+    weights, kernels recomputed in the backward) gives the spec's values and gradients
+    under the same dropout masks (the same RNG state)."""
+    stack = _randomise(JBUStack(feat_dim=4, num_stages=2, radius=2).double()).train()
+    source = torch.randn(2, 4, 5, 6, dtype=torch.float64, requires_grad=True)
+    image = torch.randn(2, 3, 20, 24, dtype=torch.float64)
+    params = dict(stack.named_parameters())
+    inputs = [source, *params.values()]
+    torch.manual_seed(3)
+    out = stack(source, image)
+    torch.manual_seed(3)
+    expected = spec_stack(params, source, image, num_stages=2, radius=2, training=True)
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-10)
+    grad = torch.randn_like(out)
+    for g, w in zip(torch.autograd.grad(out, inputs, grad),
+                    torch.autograd.grad(expected, inputs, grad)):
+        torch.testing.assert_close(g, w, rtol=0, atol=1e-10)
+    with torch.no_grad():  # the masks did drop channels, so the comparison covered them
+        assert not torch.allclose(out, stack.eval()(source, image))
 
 
 @pytest.mark.parametrize('range_kernel', RANGE_KERNELS)

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from featup_mmseg.ops import (PADDING_MODES, adaptive_conv, adaptive_conv_reference,
+                              adaptive_conv_transpose, adaptive_conv_transpose_reference,
                               ext_available, use_reference_ops, window_correlation,
                               window_correlation_reference)
 from featup_mmseg.ops import window_ops
@@ -93,6 +94,44 @@ def test_third_derivatives_match_reference():
     want = third(window_correlation_reference, adaptive_conv_reference, q, x)
     for g, w in zip(got, want):
         torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize('device', DEVICES)
+@pytest.mark.parametrize('kernel_size', [1, 3, 7])
+@pytest.mark.parametrize('padding_mode', PADDING_MODES)
+def test_adaptive_conv_transpose_is_the_adjoint(device, kernel_size, padding_mode):
+    """<adaptive_conv(x, K), y> == <x, adaptive_conv_transpose(y, K)>, and it is the features
+    gradient adaptive_conv's own backward computes; the reference agrees."""
+    gen = torch.Generator().manual_seed(kernel_size)
+    x, y = torch.randn(2, 2, 3, 8, 9, generator=gen, dtype=torch.float64).to(device).unbind(0)
+    kernel = torch.randn(2, kernel_size**2, 8, 9, generator=gen, dtype=torch.float64).to(device)
+    transposed = adaptive_conv_transpose(y, kernel, padding_mode)
+    assert transposed.shape == x.shape and transposed.dtype == torch.float64
+    torch.testing.assert_close((adaptive_conv(x, kernel, padding_mode) * y).sum(),
+                               (x * transposed).sum(), rtol=1e-12, atol=1e-12)
+    x.requires_grad_()
+    grad_x, = torch.autograd.grad(adaptive_conv(x, kernel, padding_mode), x, y)
+    torch.testing.assert_close(transposed, grad_x, rtol=0, atol=1e-12)
+    torch.testing.assert_close(adaptive_conv_transpose_reference(y, kernel, padding_mode),
+                               transposed, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize('padding_mode', PADDING_MODES)
+def test_adaptive_conv_transpose_gradients_of_two_orders(padding_mode):
+    y = torch.randn(1, 2, 5, 4, dtype=torch.float64, requires_grad=True)
+    kernel = torch.randn(1, 9, 5, 4, dtype=torch.float64, requires_grad=True)
+    for op in (adaptive_conv_transpose, adaptive_conv_transpose_reference):
+        assert torch.autograd.gradcheck(lambda a, b: op(a, b, padding_mode), (y, kernel))
+        assert torch.autograd.gradgradcheck(lambda a, b: op(a, b, padding_mode), (y, kernel))
+
+
+@pytest.mark.parametrize('dtype', HALF_TYPES)
+def test_adaptive_conv_transpose_half_precision(dtype):
+    y, kernel = torch.randn(2, 3, 6, 7), torch.rand(2, 9, 6, 7)
+    expected = adaptive_conv_transpose(y, kernel, 'reflect')
+    got = adaptive_conv_transpose(y.to(dtype), kernel.to(dtype), 'reflect')
+    assert got.dtype == dtype
+    torch.testing.assert_close(got.float(), expected, rtol=0.02, atol=0.05)
 
 
 def test_every_tap_receives_kernel_gradient():
@@ -345,6 +384,15 @@ BAD_INPUTS = [
      r'q must be a dense \(strided\) tensor, got torch.sparse_coo'),
     (lambda: adaptive_conv(torch.randn(1, 2, 8, 8), torch.randn(1, 8, 8, 3, 3, 1)), ValueError,
      r"kernel must be a 4-D \(B, k\*k, H, W\) \(or FeatUp's 5-D \(B, H, W, k, k\)\) tensor"),
+    (lambda: adaptive_conv_transpose(torch.randn(2, 3, 8, 8), torch.randn(2, 9, 8, 7)),
+     ValueError, r'adaptive_conv_transpose: kernel must have shape \(B, k\*k, H, W\) = '
+     r'\(2, k\*k, 8, 8\) to match y of shape \(2, 3, 8, 8\), got \(2, 9, 8, 7\)'),
+    (lambda: adaptive_conv_transpose(torch.randn(2, 3, 8), torch.randn(2, 9, 8, 8)),
+     ValueError, r'adaptive_conv_transpose: y must be a 4-D \(B, C, H, W\) tensor'),
+    (lambda: adaptive_conv_transpose(torch.randn(1, 3, 8, 8), torch.randn(1, 9, 8, 8).half()),
+     ValueError, r'kernel has dtype torch.float16 but y has torch.float32'),
+    (lambda: adaptive_conv_transpose(torch.randn(1, 3, 8, 8), torch.randn(1, 9, 8, 8), 'wrap'),
+     ValueError, r"adaptive_conv_transpose: padding_mode must be one of .*'wrap'"),
     # FeatUp's layout is pre-padded: a padding mode, valid or not, would be ignored
     (lambda: adaptive_conv(torch.randn(2, 3, 14, 14), torch.randn(2, 8, 8, 7, 7), 'zeros'),
      ValueError, r"padding_mode does not apply to FeatUp's layout .*got 'zeros'"),

@@ -5,7 +5,7 @@ import torch
 import torch.nn as nn
 
 from .argument_checks import check_int
-from .jbu_stage import JBUStage
+from .jbu_stage import JBUStage, residual_conv1x1
 from .pooling import average_pool
 
 Size = Union[int, Sequence[int]]
@@ -114,4 +114,4 @@ class JBUStack(nn.Module):
         features = source
         for stage, stage_size in zip(self.stages, sizes):
             features = stage(features, average_pool(guidance, stage_size))
-        return features + 0.1 * self.fixup_proj(features)
+        return residual_conv1x1(features, *self.fixup_proj, scale=0.1)

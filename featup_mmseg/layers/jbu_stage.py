@@ -7,6 +7,7 @@ from torch.utils.checkpoint import checkpoint
 from ..ops import adaptive_conv, window_correlation
 from ..ops.reference import window_patches
 from .argument_checks import check_choice, check_int
+from .bicubic import bicubic_resize, resized_adaptive_conv
 
 RANGE_KERNELS = ('softmax', 'no_mlp', 'gaussian_euclidean', 'gaussian_cosine')
 # FeatUp resolves window borders by reflection, in the range kernel and the aggregation.
@@ -15,6 +16,17 @@ try:  # torch >= 2.3
     from torch.compiler import is_compiling as _compiling
 except ImportError:
     from torch._dynamo import is_compiling as _compiling
+
+
+def autocast_enabled(device_type: str) -> bool:
+    """Whether autocast is on for ``device_type`` (torch.is_autocast_enabled(device_type)
+    is torch 2.4+)."""
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except TypeError:
+        if device_type == 'cpu':
+            return torch.is_autocast_cpu_enabled()
+        return device_type == 'cuda' and torch.is_autocast_enabled()
 
 
 def conv1x1(x: torch.Tensor, weight: torch.Tensor, bias=None) -> torch.Tensor:
@@ -34,62 +46,31 @@ def conv1x1(x: torch.Tensor, weight: torch.Tensor, bias=None) -> torch.Tensor:
     return out.view(batch, -1, height, width)
 
 
-def bicubic_resize(source: torch.Tensor, size) -> torch.Tensor:
-    """``F.interpolate(source, size, mode='bicubic', align_corners=False)``.
+def residual_conv1x1(x: torch.Tensor, dropout: nn.Dropout2d, conv: nn.Conv2d,
+                     scale: float) -> torch.Tensor:
+    """``x + scale * conv(dropout(x))`` for a 1x1 ``conv``, as one batched matrix product
+    accumulated onto ``x``.
 
-    When gradients flow to ``source``, computed as two products with the resize matrices
-    of the rows and the columns (bicubic resizing is separable): the same numbers up to
-    round-off, and far cheaper than PyTorch's CPU bicubic backward (its scatter was 14 % of
-    a SegFormer JBU head step). Without gradients the plain resize runs, so inference,
-    FLOP counts and exports see the operator itself.
+    The same numbers up to round-off, with one full-size result instead of four (the
+    dropped-out copy, the convolution, its scaling, the sum) and a plain matrix product
+    instead of oneDNN's layout conversions: for FeatUp's 384-channel fixup at 224 x 224
+    these were a third of its JBUStack's training step. Dropout2d's channel mask folds
+    into the weight's columns, W @ (m * x) = (W * m) @ x, drawn with the same call on the
+    same (B, C, 1, 1) shape as Dropout2d, so the same RNG state gives the same mask. Under
+    autocast the plain form runs: the product would round the residual ``x`` too.
     """
-    if not (torch.is_grad_enabled() and source.requires_grad):
-        return F.interpolate(source, size, mode='bicubic', align_corners=False)
-    return separable_bicubic_resize(source, size)
-
-
-def separable_bicubic_resize(source: torch.Tensor, size) -> torch.Tensor:
-    """The bicubic resize as rows @ source @ columns^T (see :func:`bicubic_matrix`)."""
-    rows = bicubic_matrix(source.shape[-2], size[0], source)
-    columns = bicubic_matrix(source.shape[-1], size[1], source)
-    return _SeparableResize.apply(source, rows, columns)
-
-
-class _SeparableResize(torch.autograd.Function):
-    """source -> rows @ source @ columns^T, with the backward rows^T @ grad @ columns.
-
-    A function of its own so that autograd stores only the two small matrices: through
-    torch.matmul it would also keep the (B, C, H, w) intermediate product. The backward is
-    made of differentiable products, so gradients of any order follow.
-    """
-
-    @staticmethod
-    def forward(ctx, source, rows, columns):
-        ctx.save_for_backward(rows, columns)
-        # rows first: the second product then folds into one matrix product with a
-        # contiguous (B, C, H, W) result
-        return torch.matmul(torch.matmul(rows, source), columns.t())
-
-    @staticmethod
-    def backward(ctx, grad):
-        rows, columns = ctx.saved_tensors
-        # under autocast the forward's products ran, and the gradient comes, in the lower
-        # precision; autograd casts the result to the source's dtype
-        rows, columns = rows.to(grad.dtype), columns.to(grad.dtype)
-        return torch.matmul(torch.matmul(rows.t(), grad), columns), None, None
-
-
-def bicubic_matrix(input_size: int, output_size: int, like: torch.Tensor) -> torch.Tensor:
-    """(output_size, input_size) M: the bicubic resize of a vector v is M @ v.
-
-    M's columns are the resizes of the unit vectors, taken with F.interpolate itself on
-    ``like``'s device, so they hold exactly its weights, border clamping included.
-    """
-    dtype = torch.float64 if like.dtype == torch.float64 else torch.float32
-    eye = torch.eye(input_size, dtype=dtype, device=like.device)
-    columns = F.interpolate(eye.view(1, input_size, input_size, 1), (output_size, 1),
-                            mode='bicubic', align_corners=False)
-    return columns.view(input_size, output_size).t().to(like.dtype)
+    if autocast_enabled(x.device.type):
+        return x + scale * conv(dropout(x))
+    batch, channels, height, width = x.shape
+    weight = (scale * conv.weight.reshape(-1, channels)).expand(batch, -1, -1)
+    if dropout.training and dropout.p > 0:
+        mask = F.dropout2d(x.new_ones(batch, channels, 1, 1), dropout.p, training=True)
+        weight = weight * mask.view(batch, 1, channels)
+    flat = x.reshape(batch, channels, height * width)
+    out = torch.baddbmm(flat, weight, flat)
+    if conv.bias is not None:
+        out.add_(scale * conv.bias[:, None])
+    return out.view(batch, -1, height, width)
 
 
 class JBUStage(nn.Module):
@@ -202,40 +183,27 @@ class JBUStage(nn.Module):
 
     def forward(self, source: torch.Tensor, guidance: torch.Tensor) -> torch.Tensor:
         self._check_inputs(source, guidance)
-        size = tuple(guidance.shape[-2:])
-        if torch.is_grad_enabled() and not _compiling():
+        # Not while compiling, where the compiler chooses what to store.
+        training = torch.is_grad_enabled() and not _compiling()
+        if training:
             # The kernel's intermediates, a dozen (B, k*k, H, W) and (B, key_dim, H, W)
             # maps, are recomputed in the backward instead of stored: a few 1x1 products
             # and elementwise steps, for about 200 MiB less peak memory in a SegFormer-B1
-            # JBU head step (512 x 512, batch 2).
-            # The dropout masks are redrawn identically (the RNG state is restored). Not
-            # while compiling, where the compiler chooses what to store.
+            # JBU head step (512 x 512, batch 2). The dropout masks are redrawn identically
+            # (the RNG state is restored).
             kernel = checkpoint(self.kernel, guidance, use_reentrant=False)
         else:
             kernel = self.kernel(guidance)
-        upsampled = bicubic_resize(source, size)
+        if training and (source.requires_grad or kernel.requires_grad) \
+                and not autocast_enabled(source.device.type):
+            # Resize and aggregate a few channels at a time: the resized features, the
+            # stage's largest tensor, are never stored for the backward (nor held whole).
+            # Not under autocast, whose lower precision the backward would not reproduce.
+            return resized_adaptive_conv(source, kernel.to(source.dtype), PADDING_MODE)
+        upsampled = bicubic_resize(source, tuple(guidance.shape[-2:]))
         # Under autocast the kernel and the resized features can come out in different
         # dtypes; the aggregation runs in the features' dtype.
-        kernel = kernel.to(upsampled.dtype)
-        if not upsampled.requires_grad or upsampled.dtype != source.dtype or _compiling():
-            return adaptive_conv(upsampled, kernel, PADDING_MODE)
-        # The aggregation's backward needs the resized features, the stage's largest
-        # tensor (B, C, H, W): autograd keeps the source instead and resizes it again in
-        # the backward, which costs far less than the aggregation. (Not while compiling:
-        # TorchDynamo does not trace saved-tensor hooks. Not under autocast: the backward
-        # would resize in another precision.)
-        def pack(saved):
-            return (source, size) if saved is upsampled else saved
-
-        def unpack(packed):
-            # the forward's own product, so the same numbers; under create_graph its graph
-            # reaches the source, for gradients of higher order
-            return separable_bicubic_resize(*packed) if isinstance(packed, tuple) else packed
-
-        with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
-            out = adaptive_conv(upsampled, kernel, PADDING_MODE)
-        del upsampled  # pack's closure would otherwise keep it alive with the graph
-        return out
+        return adaptive_conv(upsampled, kernel.to(upsampled.dtype), PADDING_MODE)
 
     def _check_inputs(self, source: torch.Tensor, guidance: torch.Tensor) -> None:
         if source.dim() != 4 or guidance.dim() != 4:

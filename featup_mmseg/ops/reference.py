@@ -45,3 +45,17 @@ def adaptive_conv_reference(x: torch.Tensor, kernel: torch.Tensor,
     """out[b, c, y, x] = sum_p kernel[b, p, y, x] * x~[b, c, y + i - r, x + j - r]."""
     kernel_size = math.isqrt(kernel.shape[1])
     return (window_patches(x, kernel_size, padding_mode) * kernel.unsqueeze(1)).sum(2)
+
+
+def adaptive_conv_transpose_reference(y: torch.Tensor, kernel: torch.Tensor,
+                                      padding_mode: str = 'reflect') -> torch.Tensor:
+    """The adjoint of adaptive_conv_reference in x: the gradient of <adaptive_conv(x), y>.
+
+    adaptive_conv is linear in x, so its vector-Jacobian product at any x (zeros here) is
+    the adjoint applied to y; under grad mode the result stays differentiable in y and
+    kernel.
+    """
+    x = torch.zeros_like(y, requires_grad=True)
+    with torch.enable_grad():
+        out = adaptive_conv_reference(x, kernel, padding_mode)
+    return torch.autograd.grad(out, x, y, create_graph=torch.is_grad_enabled())[0]

@@ -24,8 +24,8 @@ from typing import Iterator, Optional, Union
 import torch
 import torch.nn.functional as F
 
-from .reference import (adaptive_conv_reference, window_correlation_reference,
-                        window_cross_correlation_reference)
+from .reference import (adaptive_conv_reference, adaptive_conv_transpose_reference,
+                        window_correlation_reference, window_cross_correlation_reference)
 
 PADDING_MODES = ('reflect', 'zeros', 'replicate')
 # Set to 1 to run the compiled kernels behind torch.autograd.Function (the path taken on
@@ -245,6 +245,40 @@ def adaptive_conv(x: torch.Tensor, kernel: torch.Tensor,
     if _use_ext(x.device):
         return _compiled_ops.adaptive_conv(x, kernel, padding_mode)
     return adaptive_conv_reference(x, kernel, padding_mode)
+
+
+def adaptive_conv_transpose(y: torch.Tensor, kernel: torch.Tensor,
+                            padding_mode: str = 'reflect') -> torch.Tensor:
+    """The adjoint (transpose) of :func:`adaptive_conv` in its features, for a fixed kernel.
+
+    ``<adaptive_conv(x, kernel), y> = <x, adaptive_conv_transpose(y, kernel)>`` for every x:
+    each output value of ``y`` is spread back over its k x k window with that pixel's taps,
+    and what lands beyond the border is folded back in by ``padding_mode``. This is the
+    features gradient of adaptive_conv, for callers that write their own backward (e.g.
+    over a channel chunk at a time).
+
+    Args:
+        y: (B, C, H, W), float32/float64/float16/bfloat16.
+        kernel: (B, k*k, H, W) with odd k, same dtype and device as ``y``.
+        padding_mode: 'reflect', 'zeros' or 'replicate'.
+
+    Returns:
+        (B, C, H, W) tensor of y's dtype.
+    """
+    op = 'adaptive_conv_transpose'
+    _check_map(op, 'y', y)
+    _check_map(op, 'kernel', kernel, '4-D (B, k*k, H, W)')
+    _check_same_place(op, 'kernel', kernel, 'y', y)
+    batch, _, height, width = y.shape
+    if kernel.shape[0] != batch or kernel.shape[2:] != y.shape[2:]:
+        raise ValueError(f'{op}: kernel must have shape (B, k*k, H, W) = '
+                         f'({batch}, k*k, {height}, {width}) to match y of shape '
+                         f'{tuple(y.shape)}, got {tuple(kernel.shape)}')
+    kernel_size = _kernel_size_from_taps(op, kernel.shape[1])
+    _check_window(op, kernel_size, padding_mode, height, width)
+    if _use_ext(y.device):
+        return _compiled_ops.adaptive_conv_backward_features(y, kernel, padding_mode)
+    return adaptive_conv_transpose_reference(y, kernel, padding_mode)
 
 
 def _adaptive_conv_featup_layout(x_padded: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
