@@ -24,8 +24,11 @@ def test_benchmark_ops_reports_ratios():
 
 
 def test_benchmark_jbu_head_reports_ratios():
+    # jbu-before from a given built tree (this one): the default exports and builds the
+    # pre-issue-13 commit first, minutes the smoke test does not need
     result = subprocess.run([sys.executable, str(ROOT / 'tools' / 'benchmark_jbu_head.py'),
-                             '--quick'], capture_output=True, text=True, timeout=300)
+                             '--quick', '--before-tree', str(ROOT)],
+                            capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     out = result.stdout
     every = ('bilinear', 'jbu-before', 'jbu')
@@ -34,6 +37,7 @@ def test_benchmark_jbu_head_reports_ratios():
             assert re.search(rf'{case}\s+{impl}\s+[\d.]+\s+[\d.]+\s+[\d.]+\s+-?\d+', out), out
         assert re.search(rf'{case}\s+speed-up over before\s+[\d.]+x', out), out
     assert len(re.findall(r'jbu / bilinear\s+[\d.]+x\s+-?[\d.]+x', out)) == 2, out
+    assert f'jbu-before: {ROOT}' in out, out
 
 
 def test_benchmark_upsamplers_reports_every_method():

@@ -433,6 +433,9 @@ def test_residual_conv1x1_is_dropout_conv_and_sum(training):
         torch.testing.assert_close(g, w, rtol=0, atol=1e-12)
     if training:  # the masks did drop channels, so the comparison covered them
         assert not torch.allclose(want, x + 0.1 * conv(x))
+    else:  # its own backward is differentiable
+        assert torch.autograd.gradgradcheck(lambda t: residual_conv1x1(t, dropout, conv, 0.1),
+                                            (x,))
 
 
 def test_stack_trains_like_the_spec_with_dropout():

@@ -1,42 +1,37 @@
-"""Training cost of FeatUp's JBU in SegFormer-B1, against bilinear and the pre-issue-13 stage.
+"""Training cost of FeatUp's JBU in SegFormer-B1, against bilinear and the pre-issue-13 code.
 
 In one run, interleaving the implementations repeat by repeat (medians over repeats):
 
 - model: a SegFormer-B1 training step (model.loss forward + backward) at 512 x 512,
   batch 2, with the bilinear head and with the JBU head;
 - head: the decode head alone (its loss forward + backward) on fixed backbone features;
-- stack: FeatUp's JBUStack (C = 384, 14 -> 224, batch 1) forward + backward.
+- stack: FeatUp's JBUStack (C = 384, 14 -> 224, batch 1) forward + backward, the backward
+  from a fixed random gradient of its output (no loss timed with it).
 
-Each case runs the JBU stage as it is now ('jbu') and as it was before issue 13
-('jbu-before': F.conv2d for its 1x1 convolutions, a concatenation for the fixup MLP,
-PyTorch's bicubic resize, every intermediate stored for the backward, and the stack's
-fixup as nn.Dropout2d + nn.Conv2d + residual sum), so one run gives both the ratio to
-bilinear and the speed-up. The stack's backward starts from a fixed random gradient of
-its output, so no loss is timed with it.
+'jbu' is this tree; 'jbu-before' is the same case run by the project as it was before
+issue 13 (``--before``, a git commit: its sources are exported to build/ and its
+extension is built there once, then imported instead of this tree's), compiled kernels
+included. So one run gives both the ratio to bilinear and the speed-up.
 
-Every measurement runs in a fresh process (CPU): the peak memory is the rise of the
+Every measurement runs in a fresh Python process: the peak memory is the rise of the
 process's peak resident set (VmHWM) during the first step above the built model and
 inputs, as in tools/benchmark_ops.py; the time is the median of the following steps.
 
     python tools/benchmark_jbu_head.py                  # CPU, the issue's sizes
-    python tools/benchmark_jbu_head.py --quick          # small sizes, in-process smoke test
+    python tools/benchmark_jbu_head.py --quick          # small sizes, a smoke test
 """
 import argparse
-import contextlib
+import json
+import os
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
-from unittest import mock
-
-import torch
-import torch.nn.functional as F
-
-from benchmark_ops import peak_extra_mib, run_in_fresh_process
-
-from featup_mmseg.layers import JBUStack, jbu_stack, jbu_stage
-from featup_mmseg.ops import adaptive_conv
 
 ROOT = Path(__file__).resolve().parents[1]
+# main before issue 13's first change (the JBU stage and kernels as the issue measured them)
+BEFORE_ISSUE_13 = 'bd67b9a8f39c4762cae6f12e92d7e3f985be50fb'
 CONFIG = 'configs/featup_segformer/segformer_mit-b1_{}_8xb2-160k_ade20k-512x512.py'
 IMPLS = {'model': ('bilinear', 'jbu-before', 'jbu'), 'head': ('bilinear', 'jbu-before', 'jbu'),
          'stack': ('jbu-before', 'jbu')}
@@ -45,39 +40,38 @@ FULL = {'image': 512, 'batch': 2, 'stack': (384, 14, 1)}
 QUICK = {'image': 64, 'batch': 1, 'stack': (16, 7, 1)}
 
 
-def _kernel_before(self, guidance):
-    """JBUStage.kernel before issue 13: the fixup MLP on the concatenation [K, G]."""
-    combined = self.range_kernel(guidance) * self.spatial_kernel()
-    combined = combined / combined.sum(1, keepdim=True).clamp(min=1e-7)
-    return combined + 0.1 * self.fixup_proj(torch.cat([combined, guidance], dim=1))
-
-
-def _forward_before(self, source, guidance):
-    """JBUStage.forward before issue 13: everything stored for the backward."""
-    self._check_inputs(source, guidance)
-    kernel = self.kernel(guidance)
-    upsampled = F.interpolate(source, guidance.shape[-2:], mode='bicubic', align_corners=False)
-    return adaptive_conv(upsampled, kernel.to(upsampled.dtype), jbu_stage.PADDING_MODE)
-
-
-@contextlib.contextmanager
-def stage_before_issue_13():
-    """Runs JBUStage as before issue 13 inside the block (same numbers, older operators)."""
-    with mock.patch.object(jbu_stage, 'conv1x1',
-                           lambda x, weight, bias=None: F.conv2d(x, weight, bias)), \
-            mock.patch.object(jbu_stage.JBUStage, 'kernel', _kernel_before), \
-            mock.patch.object(jbu_stage.JBUStage, 'forward', _forward_before), \
-            mock.patch.object(jbu_stack, 'residual_conv1x1',
-                              lambda x, dropout, conv, scale: x + scale * conv(dropout(x))):
-        yield
+def before_tree(ref: str) -> Path:
+    """The sources of git commit ``ref`` in build/, with their extension built in place."""
+    commit = subprocess.run(['git', '-C', str(ROOT), 'rev-parse', '--verify', f'{ref}^{{commit}}'],
+                            capture_output=True, text=True)
+    if commit.returncode != 0:
+        sys.exit(f'benchmark_jbu_head: --before {ref!r} is not a commit of this repository '
+                 f'({commit.stderr.strip()}); a shallow clone needs `git fetch --unshallow`')
+    tree = ROOT / 'build' / 'benchmark-before' / commit.stdout.strip()
+    if not (tree / '.built').exists():
+        print(f'building the extension of {ref} in {tree} (once)', flush=True)
+        tree.mkdir(parents=True, exist_ok=True)
+        archive = subprocess.Popen(['git', '-C', str(ROOT), 'archive', commit.stdout.strip()],
+                                   stdout=subprocess.PIPE)
+        subprocess.run(['tar', '-x', '-C', str(tree)], stdin=archive.stdout, check=True)
+        if archive.wait() != 0:
+            sys.exit(f'benchmark_jbu_head: git archive {ref} failed')
+        import torch
+        env = {**os.environ, **({} if torch.cuda.is_available() else {'FORCE_CUDA': '0'})}
+        subprocess.run([sys.executable, 'setup.py', 'build_ext', '--inplace'], cwd=tree,
+                       env=env, check=True, stdout=subprocess.DEVNULL)
+        (tree / '.built').touch()
+    return tree
 
 
 def build_segmentor(upsampler):
+    import featup_mmseg
     from mmengine.config import Config
     from mmengine.model import revert_sync_batchnorm
     from mmengine.registry import init_default_scope
     from mmseg.registry import MODELS
-    cfg = Config.fromfile(str(ROOT / CONFIG.format(
+    tree = Path(featup_mmseg.__file__).resolve().parents[1]  # this tree's or --before's
+    cfg = Config.fromfile(str(tree / CONFIG.format(
         'bilinear' if upsampler == 'bilinear' else 'featup-jbu')))
     cfg.model.backbone.init_cfg = None
     init_default_scope(cfg.get('default_scope', 'mmseg'))
@@ -85,6 +79,7 @@ def build_segmentor(upsampler):
 
 
 def segmentation_batch(size, batch):
+    import torch
     from mmengine.structures import PixelData
     from mmseg.structures import SegDataSample
     gen = torch.Generator().manual_seed(0)
@@ -101,6 +96,8 @@ def segmentation_batch(size, batch):
 
 def make_step(case, impl, sizes):
     """A closure running one forward + backward of the case."""
+    import torch
+    from featup_mmseg.layers import JBUStack
     torch.manual_seed(0)
     if case == 'stack':
         channels, side, batch = sizes['stack']
@@ -121,40 +118,72 @@ def make_step(case, impl, sizes):
 
 def measure(case, impl, sizes, steps):
     """{'s': median seconds of ``steps`` steps after the first, 'peak_mib': the first's}."""
-    with stage_before_issue_13() if impl == 'jbu-before' else contextlib.nullcontext():
-        step = make_step(case, impl, sizes)
-        peak_mib = peak_extra_mib('cpu', step)
-        times = []
-        for _ in range(steps):
-            start = time.perf_counter()
-            step()
-            times.append(time.perf_counter() - start)
+    from benchmark_ops import peak_extra_mib
+    step = make_step(case, impl, sizes)
+    peak_mib = peak_extra_mib('cpu', step)
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
     return {'s': statistics.median(times), 'peak_mib': peak_mib}
+
+
+def measure_in_fresh_process(case, impl, sizes, steps, tree):
+    """measure() in a new interpreter that imports featup_mmseg from ``tree``."""
+    env = {**os.environ, 'PYTHONPATH': os.pathsep.join(
+        [str(tree), str(ROOT / 'tools'), os.environ.get('PYTHONPATH', '')])}
+    request = json.dumps(dict(case=case, impl=impl, sizes=sizes, steps=steps, tree=str(tree)))
+    result = subprocess.run([sys.executable, __file__, '--measure', request], env=env,
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        sys.exit(f'benchmark_jbu_head: measuring {case}/{impl} failed:\n{result.stderr}')
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def measure_request(request):
+    """The --measure entry point: one measurement, printed as JSON."""
+    import featup_mmseg
+    args = json.loads(request)
+    imported = Path(featup_mmseg.__file__).resolve().parents[1]
+    if imported != Path(args['tree']).resolve():  # e.g. a stale PYTHONPATH entry first
+        sys.exit(f'imported featup_mmseg from {imported}, expected {args["tree"]}')
+    print(json.dumps(measure(args['case'], args['impl'], args['sizes'], args['steps'])))
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--quick', action='store_true',
-                        help=f'small sizes {QUICK}, one repeat, measured in this process '
-                        '(a smoke test: its memory figures are not meaningful)')
+                        help=f'small sizes {QUICK}, one repeat (a smoke test)')
     parser.add_argument('--repeats', type=int, default=None,
                         help='fresh processes per case and implementation (default 3)')
     parser.add_argument('--steps', type=int, default=None,
                         help='timed steps per process (default 2, 1 with --quick)')
     parser.add_argument('--cases', default=','.join(IMPLS),
                         help=f'comma-separated cases out of {",".join(IMPLS)}')
+    parser.add_argument('--before', default=BEFORE_ISSUE_13,
+                        help='git commit measured as jbu-before (default: main before issue '
+                        '13)')
+    parser.add_argument('--before-tree', type=Path, default=None,
+                        help='a source tree with its extension built, measured as jbu-before '
+                        'instead of --before')
+    parser.add_argument('--measure', help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.measure:
+        return measure_request(args.measure)
     sizes = QUICK if args.quick else FULL
     repeats = args.repeats or (1 if args.quick else 3)
     steps = args.steps or (1 if args.quick else 2)
     cases = [c for c in args.cases.split(',') if c]
     if set(cases) - set(IMPLS):
         parser.error(f'unknown cases {sorted(set(cases) - set(IMPLS))}')
+    before = (args.before_tree or before_tree(args.before)).resolve()
+    import torch
 
     print(f'CPU, torch {torch.__version__}, {torch.get_num_threads()} threads, float32; '
           f'model/head: SegFormer-B1 {sizes["image"]} x {sizes["image"]}, batch '
           f'{sizes["batch"]}; stack: C, side, batch = {sizes["stack"]}, x16; '
-          f'{repeats} repeats interleaved, {steps} timed steps each')
+          f'{repeats} repeats interleaved, {steps} timed steps each; jbu-before: {before}')
     print(f'{"case":<7}{"impl":<12}{"median s":>10}{"min s":>8}{"max s":>8}'
           f'{"peak MiB":>10}{"min":>8}{"max":>8}')
     results = {}
@@ -162,9 +191,8 @@ def main():
         runs = {impl: [] for impl in IMPLS[case]}
         for _ in range(repeats):
             for impl in IMPLS[case]:  # interleaved: load on the machine hits all alike
-                measure_args = (case, impl, sizes, steps)
-                runs[impl].append(measure(*measure_args) if args.quick else
-                                  run_in_fresh_process(measure, *measure_args))
+                tree = before if impl == 'jbu-before' else ROOT
+                runs[impl].append(measure_in_fresh_process(case, impl, sizes, steps, tree))
         for impl, rows in runs.items():
             secs, mibs = [r['s'] for r in rows], [r['peak_mib'] for r in rows]
             results[case, impl] = (statistics.median(secs), statistics.median(mibs))

@@ -12,6 +12,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <type_traits>
 #include <vector>
 
 #include "../window_ops.h"
@@ -31,6 +32,46 @@
 
 namespace featup_mmseg {
 namespace {
+
+// 64-byte vectors of the accumulation type for the register-blocked loops below. GCC and
+// Clang lower them to whatever the SIMD clone targets (one AVX-512 register, two AVX2 or
+// four SSE registers), so one source serves every clone.
+#if defined(__GNUC__)
+#define FEATUP_VECTOR_LOOPS 1
+// The helpers returning vectors are always inlined into the clones: no call crosses an ABI.
+#pragma GCC diagnostic ignored "-Wpsabi"
+typedef float float_vec __attribute__((vector_size(64)));
+typedef float float_vec_unaligned __attribute__((vector_size(64), aligned(4), may_alias));
+typedef double double_vec __attribute__((vector_size(64)));
+typedef double double_vec_unaligned __attribute__((vector_size(64), aligned(8), may_alias));
+
+template <typename acc_t>
+struct Simd;
+template <>
+struct Simd<float> {
+  using vec = float_vec;
+  using unaligned = float_vec_unaligned;
+};
+template <>
+struct Simd<double> {
+  using vec = double_vec;
+  using unaligned = double_vec_unaligned;
+};
+template <typename acc_t>
+constexpr int kLanes = int(64 / sizeof(acc_t));
+
+template <typename acc_t>
+FEATUP_INLINE typename Simd<acc_t>::vec load_vec(const acc_t* p) {
+  return *reinterpret_cast<const typename Simd<acc_t>::unaligned*>(p);
+}
+template <typename acc_t>
+FEATUP_INLINE void store_vec(acc_t* p, typename Simd<acc_t>::vec v) {
+  *reinterpret_cast<typename Simd<acc_t>::unaligned*>(p) = v;
+}
+#else
+#define FEATUP_VECTOR_LOOPS 0
+#endif
+
 
 // acc[x] += a[x] * b[x] for x in [0, n)
 template <typename acc_t, typename a_t, typename b_t>
@@ -82,6 +123,22 @@ FEATUP_INLINE void load_padded_row(acc_t* __restrict__ pad, const scalar_t* __re
     const int64_t right = border_index(width - 1 + t, width, g.mode);
     pad[r - t] = left < 0 ? acc_t(0) : acc_t(row[left]);
     pad[width - 1 + r + t] = right < 0 ? acc_t(0) : acc_t(row[right]);
+  }
+}
+
+// load_padded_row restricted to the entries pad[p], p in [from, to).
+template <typename acc_t, typename scalar_t>
+FEATUP_INLINE void load_padded_range(acc_t* __restrict__ pad, const scalar_t* __restrict__ row,
+                                     const WindowGeometry& g, int64_t from, int64_t to) {
+  const int64_t r = g.radius, width = g.width;
+  const int64_t inside_from = std::max(from, r), inside_to = std::min(to, width + r);
+  if (inside_from < inside_to) {
+    copy_row(pad + inside_from, row + inside_from - r, inside_to - inside_from);
+  }
+  for (int64_t p = from; p < to; ++p) {
+    if (p >= inside_from && p < inside_to) continue;
+    const int64_t source = border_index(p - r, width, g.mode);
+    pad[p] = source < 0 ? acc_t(0) : acc_t(row[source]);
   }
 }
 
@@ -229,14 +286,301 @@ FEATUP_INLINE void channel_rows(const WindowArgs<scalar_t>& args, int64_t begin,
   }
 }
 
+#if FEATUP_VECTOR_LOOPS
+// Register-blocked forms of the three ops that dominate a JBU stage's training step (for
+// window sizes 3, 5 and 7): each loads a vector once for several multiply-adds, and keeps
+// its sums in registers for a whole window (aggregate, adjoint) or all channels
+// (correlate), where the tap-by-tap loops above load and store a sum per tap. The terms
+// are added in the same order, so the results are the same.
+
+// Channels aggregated together: every tap row loaded serves all of them.
+constexpr int kChannelBlock = 4;
+
+template <typename scalar_t, typename acc_t>
+FEATUP_INLINE void store_lanes(scalar_t* out, typename Simd<acc_t>::vec v) {
+  if constexpr (std::is_same<scalar_t, acc_t>::value) {
+    store_vec(out, v);
+  } else {
+    acc_t lanes[kLanes<acc_t>];
+    store_vec(lanes, v);
+    copy_row(out, lanes, kLanes<acc_t>);
+  }
+}
+
+// out[c][x] = sum_{i, j} taps[(i * K + j) * W + x] * rows[c * K + i][x + j - r] for CB
+// channels c of one output row: the aggregate, with rows[c * K + i][t] = values~[c,
+// y + i - r, t]. Two versions of each row: `direct` is the source row itself, read by the
+// vectors that stay inside it; `padded` has the borders resolved (from index -r) and is
+// read (and filled) only where vectors reach beyond them, sparing most of the copying.
+template <int K, int CB, typename scalar_t, typename acc_t>
+FEATUP_INLINE void aggregate_channel_block(scalar_t* const* out, const acc_t* taps,
+                                           const acc_t* const* direct,
+                                           const acc_t* const* padded, int64_t width) {
+  using vec = typename Simd<acc_t>::vec;
+  constexpr int V = kLanes<acc_t>, r = K / 2;
+  int64_t x0 = 0;
+  for (; x0 + V <= width; x0 += V) {
+    const acc_t* const* rows = x0 >= r && x0 + V + r <= width ? direct : padded;
+    vec acc[CB] = {};
+    for (int i = 0; i < K; ++i) {
+#pragma GCC unroll 7
+      for (int j = 0; j < K; ++j) {
+        const vec tap = load_vec(taps + (i * K + j) * width + x0);
+#pragma GCC unroll 4
+        for (int c = 0; c < CB; ++c) acc[c] += tap * load_vec(rows[c * K + i] + x0 + j - r);
+      }
+    }
+    for (int c = 0; c < CB; ++c) store_lanes<scalar_t, acc_t>(out[c] + x0, acc[c]);
+  }
+  for (; x0 < width; ++x0) {  // the last width % V columns
+    for (int c = 0; c < CB; ++c) {
+      acc_t sum = acc_t(0);
+      for (int p = 0; p < K * K; ++p) {
+        sum += taps[p * width + x0] * padded[c * K + p / K][x0 + p % K - r];
+      }
+      out[c][x0] = static_cast<scalar_t>(sum);
+    }
+  }
+}
+
+// The first column of the vectors (and tail) of the blocked loops that reach beyond the
+// right border by `reach` columns: the padded rows are filled from there on.
+template <typename acc_t>
+FEATUP_INLINE int64_t first_border_vector(int64_t width, int64_t reach) {
+  constexpr int V = kLanes<acc_t>;
+  int64_t x0 = 0;
+  while (x0 + V + reach <= width) x0 += V;
+  return x0;
+}
+
+template <int K, typename scalar_t, typename acc_t>
+FEATUP_INLINE void aggregate_rows_blocked(const WindowArgs<scalar_t>& args, int64_t begin,
+                                          int64_t end) {
+  const WindowGeometry& g = args.g;
+  const int64_t plane = g.plane(), width = g.width, padded_width = width + K - 1;
+  const int64_t channels = args.channels;
+  constexpr bool kDirect = std::is_same<scalar_t, acc_t>::value;
+  // the padded entries the border vectors read: the first vector's and from the right ones'
+  const int64_t left_to = std::min<int64_t>(kLanes<acc_t> + K - 1, padded_width);
+  const int64_t right_from = kDirect ? first_border_vector<acc_t>(width, K / 2) : 0;
+  std::vector<acc_t> tap_rows(K * K * width), pads(kChannelBlock * K * padded_width);
+  std::vector<acc_t> zeros(padded_width, acc_t(0));
+  scalar_t* out[kChannelBlock];
+  const acc_t* direct[kChannelBlock * K];
+  const acc_t* padded[kChannelBlock * K];
+  for (int64_t index = begin; index < end; ++index) {
+    const int64_t n = index / g.height, y = index % g.height;
+    gather_tap_rows(tap_rows.data(), args.lhs + n * K * K * plane, g, y);
+    for (int64_t c0 = 0; c0 < channels;) {
+      const int block = channels - c0 >= kChannelBlock ? kChannelBlock : 1;
+      for (int c = 0; c < block; ++c) {
+        const int64_t offset = (n * channels + c0 + c) * plane;
+        out[c] = args.out + offset + y * width;
+        for (int i = 0; i < K; ++i) {
+          const int64_t sy = border_index(y + i - g.radius, g.height, g.mode);
+          acc_t* pad = pads.data() + (c * K + i) * padded_width;
+          padded[c * K + i] = direct[c * K + i] = pad + g.radius;
+          if (sy < 0) {
+            padded[c * K + i] = direct[c * K + i] = zeros.data() + g.radius;
+          } else if constexpr (kDirect) {
+            const scalar_t* row = args.rhs + offset + sy * width;
+            direct[c * K + i] = row;
+            load_padded_range(pad, row, g, 0, std::min(left_to, right_from));
+            load_padded_range(pad, row, g, std::max<int64_t>(right_from, 0), padded_width);
+          } else {
+            load_padded_row(pad, args.rhs + offset + sy * width, g);
+          }
+        }
+      }
+      if (block == kChannelBlock) {
+        aggregate_channel_block<K, kChannelBlock>(out, tap_rows.data(), direct, padded, width);
+      } else {
+        aggregate_channel_block<K, 1>(out, tap_rows.data(), direct, padded, width);
+      }
+      c0 += block;
+    }
+  }
+}
+
+// ext[c][t] = sum_q sum_j taps[q * K + j][t - j] * rows[c * count + q][t - j] for
+// t < W + K - 1, with the tap rows zero-padded by K - 1 on both sides (stored from index
+// K - 1) and rows[..][x] = a[c, row q, x] for x in [-(K - 1), W + K - 1), zero outside the
+// row: the aggregate's adjoint for CB channels of one source row, before the border fold.
+// As in aggregate_channel_block, `direct` rows are the source rows themselves, read by the
+// vectors inside them, and `padded` rows zero-padded copies for the others.
+template <int K, int CB, typename acc_t>
+FEATUP_INLINE void aggregate_adjoint_channel_block(acc_t* ext, const acc_t* taps,
+                                                   const acc_t* const* direct,
+                                                   const acc_t* const* padded, int64_t count,
+                                                   int64_t width) {
+  using vec = typename Simd<acc_t>::vec;
+  constexpr int V = kLanes<acc_t>;
+  const int64_t padded_width = width + 2 * (K - 1), ext_width = width + K - 1;
+  int64_t t0 = 0;
+  for (; t0 + V <= ext_width; t0 += V) {
+    const acc_t* const* rows = t0 >= K - 1 && t0 + V <= width ? direct : padded;
+    vec acc[CB] = {};
+    for (int64_t q = 0; q < count; ++q) {
+#pragma GCC unroll 7
+      for (int j = 0; j < K; ++j) {
+        const vec tap = load_vec(taps + (q * K + j) * padded_width + t0 + K - 1 - j);
+#pragma GCC unroll 4
+        for (int c = 0; c < CB; ++c) acc[c] += tap * load_vec(rows[c * count + q] + t0 - j);
+      }
+    }
+    for (int c = 0; c < CB; ++c) store_vec(ext + c * ext_width + t0, acc[c]);
+  }
+  for (; t0 < ext_width; ++t0) {
+    for (int c = 0; c < CB; ++c) {
+      acc_t sum = acc_t(0);
+      for (int64_t q = 0; q < count; ++q) {
+        for (int j = 0; j < K; ++j) {
+          sum += taps[(q * K + j) * padded_width + t0 + K - 1 - j] *
+                 padded[c * count + q][t0 - j];
+        }
+      }
+      ext[c * ext_width + t0] = sum;
+    }
+  }
+}
+
+template <int K, typename scalar_t, typename acc_t>
+FEATUP_INLINE void aggregate_adjoint_rows_blocked(const WindowArgs<scalar_t>& args,
+                                                  int64_t begin, int64_t end) {
+  const WindowGeometry& g = args.g;
+  const int64_t plane = g.plane(), width = g.width, channels = args.channels;
+  const int64_t padded_width = width + 2 * (K - 1), ext_width = width + K - 1;
+  constexpr bool kDirect = std::is_same<scalar_t, acc_t>::value;
+  // the row entries the border vectors read: x < V, and x >= right_from - (K - 1)
+  const int64_t left = std::min<int64_t>(kLanes<acc_t>, width);
+  const int64_t right = kDirect ? std::max<int64_t>(first_border_vector<acc_t>(width, 0) - (K - 1), 0) : 0;
+  std::vector<int64_t> source_rows;
+  std::vector<acc_t> tap_rows, padded_taps, a_rows, ext(kChannelBlock * ext_width), acc(width);
+  std::vector<const acc_t*> direct, padded;
+  for (int64_t index = begin; index < end; ++index) {
+    const int64_t n = index / g.height, ys = index % g.height;
+    gather_adjoint_tap_rows(source_rows, tap_rows, args.lhs + n * K * K * plane, g, ys);
+    const int64_t count = int64_t(source_rows.size());
+    padded_taps.assign(count * K * padded_width, acc_t(0));
+    for (int64_t row = 0; row < count * K; ++row) {
+      std::copy(tap_rows.begin() + row * width, tap_rows.begin() + (row + 1) * width,
+                padded_taps.begin() + row * padded_width + K - 1);
+    }
+    a_rows.assign(kChannelBlock * count * padded_width, acc_t(0));
+    direct.resize(kChannelBlock * count);
+    padded.resize(kChannelBlock * count);
+    for (int64_t c0 = 0; c0 < channels;) {
+      const int block = channels - c0 >= kChannelBlock ? kChannelBlock : 1;
+      for (int c = 0; c < block; ++c) {
+        const scalar_t* a = args.rhs + (n * channels + c0 + c) * plane;
+        for (int64_t q = 0; q < count; ++q) {
+          const scalar_t* row = a + source_rows[q] * width;
+          acc_t* copy = a_rows.data() + (c * count + q) * padded_width + K - 1;
+          padded[c * count + q] = direct[c * count + q] = copy;
+          if constexpr (kDirect) {
+            direct[c * count + q] = row;
+            copy_row(copy, row, left);
+            copy_row(copy + right, row + right, width - right);
+          } else {
+            copy_row(copy, row, width);
+          }
+        }
+      }
+      if (block == kChannelBlock) {
+        aggregate_adjoint_channel_block<K, kChannelBlock>(ext.data(), padded_taps.data(),
+                                                          direct.data(), padded.data(), count,
+                                                          width);
+      } else {
+        aggregate_adjoint_channel_block<K, 1>(ext.data(), padded_taps.data(), direct.data(),
+                                              padded.data(), count, width);
+      }
+      for (int c = 0; c < block; ++c) {
+        std::fill(acc.begin(), acc.end(), acc_t(0));
+        fold_padded_row(acc.data(), ext.data() + c * ext_width, g);
+        copy_row(args.out + (n * channels + c0 + c) * plane + ys * width, acc.data(), width);
+      }
+      c0 += block;
+    }
+  }
+}
+
+// out[j][x] = sum_c a_rows[c][x] * pads[c][x + j] for j < K: the K taps of one window row
+// of the correlation, summed over all channels in registers.
+template <int K, typename scalar_t, typename acc_t>
+FEATUP_INLINE void correlate_window_row(scalar_t* out, int64_t out_stride, const acc_t* a_rows,
+                                        const acc_t* pads, int64_t channels, int64_t width) {
+  using vec = typename Simd<acc_t>::vec;
+  constexpr int V = kLanes<acc_t>;
+  const int64_t padded = width + K - 1;
+  int64_t x0 = 0;
+  for (; x0 + V <= width; x0 += V) {
+    vec acc[K] = {};
+    for (int64_t c = 0; c < channels; ++c) {
+      const vec a = load_vec(a_rows + c * width + x0);
+#pragma GCC unroll 7
+      for (int j = 0; j < K; ++j) acc[j] += a * load_vec(pads + c * padded + x0 + j);
+    }
+    for (int j = 0; j < K; ++j) store_lanes<scalar_t, acc_t>(out + j * out_stride + x0, acc[j]);
+  }
+  for (; x0 < width; ++x0) {
+    for (int j = 0; j < K; ++j) {
+      acc_t sum = acc_t(0);
+      for (int64_t c = 0; c < channels; ++c) sum += a_rows[c * width + x0] * pads[c * padded + x0 + j];
+      out[j * out_stride + x0] = static_cast<scalar_t>(sum);
+    }
+  }
+}
+
+template <int K, typename scalar_t, typename acc_t>
+FEATUP_INLINE void correlate_rows_blocked(const WindowArgs<scalar_t>& args, int64_t begin,
+                                          int64_t end) {
+  const WindowGeometry& g = args.g;
+  const int64_t plane = g.plane(), width = g.width, padded = width + K - 1;
+  const int64_t channels = args.channels;
+  std::vector<acc_t> a_rows(channels * width), pads(channels * padded);
+  for (int64_t index = begin; index < end; ++index) {
+    const int64_t n = index / g.height, y = index % g.height;
+    const int64_t offset = n * channels * plane;
+    for (int64_t c = 0; c < channels; ++c) {
+      copy_row(a_rows.data() + c * width, args.lhs + offset + c * plane + y * width, width);
+    }
+    for (int i = 0; i < K; ++i) {
+      scalar_t* out = args.out + (n * K * K + i * K) * plane + y * width;
+      const int64_t sy = border_index(y + i - g.radius, g.height, g.mode);
+      if (sy < 0) {
+        for (int j = 0; j < K; ++j) std::fill(out + j * plane, out + j * plane + width, scalar_t(0));
+        continue;
+      }
+      for (int64_t c = 0; c < channels; ++c) {
+        load_padded_row(pads.data() + c * padded, args.rhs + offset + c * plane + sy * width, g);
+      }
+      correlate_window_row<K>(out, plane, a_rows.data(), pads.data(), channels, width);
+    }
+  }
+}
+
+// Calls name<K>(args, begin, end) for K = 3, 5, 7; returns false for other window sizes.
+#define FEATUP_BLOCKED_FOR_K(name, args, begin, end)          \
+  switch ((args).g.size()) {                                 \
+    case 3: name<3, scalar_t, acc_t>(args, begin, end); return; \
+    case 5: name<5, scalar_t, acc_t>(args, begin, end); return; \
+    case 7: name<7, scalar_t, acc_t>(args, begin, end); return; \
+    default: break;                                          \
+  }
+#else
+#define FEATUP_BLOCKED_FOR_K(name, args, begin, end)
+#endif
+
 template <typename scalar_t, typename acc_t>
 FEATUP_INLINE void aggregate_rows(const WindowArgs<scalar_t>& args, int64_t begin, int64_t end) {
+  FEATUP_BLOCKED_FOR_K(aggregate_rows_blocked, args, begin, end)
   channel_rows<scalar_t, acc_t, true, false>(args, begin, end);
 }
 
 template <typename scalar_t, typename acc_t>
 FEATUP_INLINE void aggregate_adjoint_rows(const WindowArgs<scalar_t>& args, int64_t begin,
                                           int64_t end) {
+  FEATUP_BLOCKED_FOR_K(aggregate_adjoint_rows_blocked, args, begin, end)
   channel_rows<scalar_t, acc_t, false, true>(args, begin, end);
 }
 
@@ -249,6 +593,7 @@ FEATUP_INLINE void correlation_backward_rows(const WindowArgs<scalar_t>& args, i
 // out (B, k*k, H, W) = correlation of lhs = a (B, C, H, W) with the windows of rhs = b.
 template <typename scalar_t, typename acc_t>
 FEATUP_INLINE void correlate_rows(const WindowArgs<scalar_t>& args, int64_t begin, int64_t end) {
+  FEATUP_BLOCKED_FOR_K(correlate_rows_blocked, args, begin, end)
   const WindowGeometry& g = args.g;
   const int64_t plane = g.plane(), taps = g.taps(), channels = args.channels;
   std::vector<acc_t> acc(taps * g.width), pad(g.width + 2 * g.radius);

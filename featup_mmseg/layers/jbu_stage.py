@@ -52,12 +52,13 @@ def residual_conv1x1(x: torch.Tensor, dropout: nn.Dropout2d, conv: nn.Conv2d,
     accumulated onto ``x``.
 
     The same numbers up to round-off, with one full-size result instead of four (the
-    dropped-out copy, the convolution, its scaling, the sum) and a plain matrix product
-    instead of oneDNN's layout conversions: for FeatUp's 384-channel fixup at 224 x 224
-    these were a third of its JBUStack's training step. Dropout2d's channel mask folds
-    into the weight's columns, W @ (m * x) = (W * m) @ x, drawn with the same call on the
-    same (B, C, 1, 1) shape as Dropout2d, so the same RNG state gives the same mask. Under
-    autocast the plain form runs: the product would round the residual ``x`` too.
+    dropped-out copy, the convolution, its scaling, the sum), one full-size gradient
+    instead of three, and a plain matrix product instead of oneDNN's layout conversions:
+    for FeatUp's 384-channel fixup at 224 x 224 these were a third of its JBUStack's
+    training step. Dropout2d's channel mask folds into the weight's columns,
+    W @ (m * x) = (W * m) @ x, drawn with the same call on the same (B, C, 1, 1) shape as
+    Dropout2d, so the same RNG state gives the same mask. Under autocast the plain form
+    runs: the product would round the residual ``x`` too.
     """
     if autocast_enabled(x.device.type):
         return x + scale * conv(dropout(x))
@@ -66,11 +67,34 @@ def residual_conv1x1(x: torch.Tensor, dropout: nn.Dropout2d, conv: nn.Conv2d,
     if dropout.training and dropout.p > 0:
         mask = F.dropout2d(x.new_ones(batch, channels, 1, 1), dropout.p, training=True)
         weight = weight * mask.view(batch, 1, channels)
-    flat = x.reshape(batch, channels, height * width)
-    out = torch.baddbmm(flat, weight, flat)
+    out = _ResidualProduct.apply(x.reshape(batch, channels, height * width), weight)
     if conv.bias is not None:
         out.add_(scale * conv.bias[:, None])
     return out.view(batch, -1, height, width)
+
+
+class _ResidualProduct(torch.autograd.Function):
+    """x + weight @ x for x (B, C, N) and weight (B, C, C).
+
+    Through torch.baddbmm autograd would add x's two gradients (the residual's and the
+    product's) in a third full-size tensor; here the product's gradient is accumulated
+    onto the residual's directly. Made of differentiable products: gradients of any order.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight):
+        ctx.save_for_backward(x, weight)
+        return torch.baddbmm(x, weight, x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        grad_x = grad_weight = None
+        if ctx.needs_input_grad[0]:
+            grad_x = torch.baddbmm(grad, weight.transpose(1, 2), grad)
+        if ctx.needs_input_grad[1]:
+            grad_weight = torch.bmm(grad, x.transpose(1, 2))
+        return grad_x, grad_weight
 
 
 class JBUStage(nn.Module):
