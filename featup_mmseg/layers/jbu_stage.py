@@ -1,4 +1,6 @@
 """One learned joint bilateral upsampling stage (FeatUp's JBULearnedRange, spec section 2)."""
+from typing import Optional
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -167,14 +169,20 @@ class JBUStage(nn.Module):
         squared = offsets[:, None].square() + offsets[None, :].square()
         return torch.exp(-squared / (2 * self.sigma_spatial**2)).reshape(1, -1, 1, 1)
 
-    def range_kernel(self, guidance: torch.Tensor) -> torch.Tensor:
-        """(B, k*k, H, W) similarity of each guidance pixel to its window."""
+    def range_kernel(self, guidance: torch.Tensor,
+                     first_layer: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """(B, k*k, H, W) similarity of each guidance pixel to its window.
+
+        ``first_layer``: range_proj's first 1x1 layer applied to the guidance, where the
+        caller has it already.
+        """
         if self.range_kernel_type == 'no_mlp':
             keys = guidance
         else:
             first, gelu, dropout, last = self.range_proj
-            hidden = dropout(gelu(conv1x1(guidance, first.weight, first.bias)))
-            keys = conv1x1(hidden, last.weight, last.bias)
+            if first_layer is None:
+                first_layer = conv1x1(guidance, first.weight, first.bias)
+            keys = conv1x1(dropout(gelu(first_layer)), last.weight, last.bias)
         if keys.dtype in (torch.float16, torch.bfloat16):
             # Under mixed precision: similarities feed a sharp softmax or exponential, and
             # the keys have few channels, so compare them in float32.
@@ -195,14 +203,22 @@ class JBUStage(nn.Module):
 
     def kernel(self, guidance: torch.Tensor) -> torch.Tensor:
         """(B, k*k, H, W) per-pixel upsampling kernel: steps 1-6 of the spec."""
-        combined = self.range_kernel(guidance) * self.spatial_kernel()
-        combined = combined / combined.sum(1, keepdim=True).clamp(min=1e-7)
         # fixup_proj(cat([K, G])) without the concatenation (a copy of G stored for the
-        # backward): its first 1x1 conv splits over the kernel's and the guidance's channels
+        # backward): its first 1x1 conv splits over the kernel's and the guidance's
+        # channels. The guidance's part and range_proj's first layer are one product:
+        # one pass over the guidance, and one (B, Cg, H, W) gradient for it instead of
+        # three (two and their sum).
         first, gelu, dropout, last = self.fixup_proj
-        taps = combined.shape[1]
-        hidden = conv1x1(combined, first.weight[:, :taps]) + conv1x1(
-            guidance, first.weight[:, taps:], first.bias)
+        taps = self.kernel_size**2
+        weights, biases = [first.weight[:, taps:].reshape(taps, -1)], [first.bias]
+        if self.range_kernel_type != 'no_mlp':
+            weights.insert(0, self.range_proj[0].weight.flatten(1))
+            biases.insert(0, self.range_proj[0].bias)
+        products = conv1x1(guidance, torch.cat(weights), torch.cat(biases))
+        range_first_layer = products[:, :-taps] if len(weights) == 2 else None
+        combined = self.range_kernel(guidance, range_first_layer) * self.spatial_kernel()
+        combined = combined / combined.sum(1, keepdim=True).clamp(min=1e-7)
+        hidden = conv1x1(combined, first.weight[:, :taps]) + products[:, -taps:]
         return combined + 0.1 * conv1x1(dropout(gelu(hidden)), last.weight, last.bias)
 
     def forward(self, source: torch.Tensor, guidance: torch.Tensor) -> torch.Tensor:
