@@ -112,34 +112,28 @@ FEATUP_INLINE void copy_row(dst_t* __restrict__ dst, const src_t* __restrict__ s
   for (int64_t x = 0; x < n; ++x) dst[x] = static_cast<dst_t>(src[x]);
 }
 
-// pad[t + r] = row~[t] for t in [-r, W + r): one source row with its borders resolved.
-template <typename acc_t, typename scalar_t>
-FEATUP_INLINE void load_padded_row(acc_t* __restrict__ pad, const scalar_t* __restrict__ row,
-                                   const WindowGeometry& g) {
-  const int64_t r = g.radius, width = g.width;
-  copy_row(pad + r, row, width);
-  for (int64_t t = 1; t <= r; ++t) {
-    const int64_t left = border_index(-t, width, g.mode);
-    const int64_t right = border_index(width - 1 + t, width, g.mode);
-    pad[r - t] = left < 0 ? acc_t(0) : acc_t(row[left]);
-    pad[width - 1 + r + t] = right < 0 ? acc_t(0) : acc_t(row[right]);
-  }
-}
-
-// load_padded_row restricted to the entries pad[p], p in [from, to).
+// pad[p] = row~[p - r] for p in [from, to): part of one source row with its borders
+// resolved (pad has W + 2r entries).
 template <typename acc_t, typename scalar_t>
 FEATUP_INLINE void load_padded_range(acc_t* __restrict__ pad, const scalar_t* __restrict__ row,
                                      const WindowGeometry& g, int64_t from, int64_t to) {
   const int64_t r = g.radius, width = g.width;
-  const int64_t inside_from = std::max(from, r), inside_to = std::min(to, width + r);
-  if (inside_from < inside_to) {
-    copy_row(pad + inside_from, row + inside_from - r, inside_to - inside_from);
-  }
-  for (int64_t p = from; p < to; ++p) {
-    if (p >= inside_from && p < inside_to) continue;
+  const int64_t inside_from = std::min(std::max(from, r), to);
+  const int64_t inside_to = std::max(std::min(to, width + r), inside_from);
+  const auto border = [&](int64_t p) {
     const int64_t source = border_index(p - r, width, g.mode);
     pad[p] = source < 0 ? acc_t(0) : acc_t(row[source]);
-  }
+  };
+  for (int64_t p = from; p < inside_from; ++p) border(p);
+  copy_row(pad + inside_from, row + inside_from - r, inside_to - inside_from);
+  for (int64_t p = inside_to; p < to; ++p) border(p);
+}
+
+// The whole padded row: pad[t + r] = row~[t] for t in [-r, W + r).
+template <typename acc_t, typename scalar_t>
+FEATUP_INLINE void load_padded_row(acc_t* __restrict__ pad, const scalar_t* __restrict__ row,
+                                   const WindowGeometry& g) {
+  load_padded_range(pad, row, g, 0, g.width + 2 * g.radius);
 }
 
 // The adjoint of load_padded_row: acc[border_index(t)] += ext[t + r] for t in [-r, W + r).
@@ -386,7 +380,7 @@ FEATUP_INLINE void aggregate_rows_blocked(const WindowArgs<scalar_t>& args, int6
             const scalar_t* row = args.rhs + offset + sy * width;
             direct[c * K + i] = row;
             load_padded_range(pad, row, g, 0, std::min(left_to, right_from));
-            load_padded_range(pad, row, g, std::max<int64_t>(right_from, 0), padded_width);
+            load_padded_range(pad, row, g, right_from, padded_width);
           } else {
             load_padded_row(pad, args.rhs + offset + sy * width, g);
           }

@@ -4,6 +4,8 @@ Bicubic resizing (``align_corners=False``) is separable: resizing (B, C, h, w) t
 ``rows @ source @ columns^T`` with the (H, h) and (W, w) resize matrices of
 :func:`bicubic_matrix`. Both forms below give PyTorch's numbers up to round-off.
 """
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -130,7 +132,7 @@ class _ResizedAdaptiveConv(torch.autograd.Function):
     def backward(ctx, grad):
         source, kernel, rows, columns = ctx.saved_tensors
         needs_source, needs_kernel = ctx.needs_input_grad[:2]
-        mode, kernel_size = ctx.padding_mode, int(round(kernel.shape[1]**0.5))
+        mode, kernel_size = ctx.padding_mode, math.isqrt(kernel.shape[1])
         grad_source = torch.empty_like(source) if needs_source else None
         grad_kernel = None
         for chunk in _chunks(source.shape[1], ctx.channels_per_chunk):

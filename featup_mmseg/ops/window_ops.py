@@ -145,6 +145,22 @@ def _kernel_size_from_taps(op: str, taps: int) -> int:
     return kernel_size
 
 
+def _check_features_and_kernel(op: str, name: str, features, kernel, padding_mode,
+                               kernel_layout: str) -> None:
+    """The checks of an adaptive_conv-style op on features (B, C, H, W) and their
+    per-pixel kernel (B, k*k, H, W)."""
+    _check_map(op, name, features)
+    _check_map(op, 'kernel', kernel, kernel_layout)
+    _check_same_place(op, 'kernel', kernel, name, features)
+    batch, _, height, width = features.shape
+    if kernel.shape[0] != batch or kernel.shape[2:] != features.shape[2:]:
+        raise ValueError(f'{op}: kernel must have shape (B, k*k, H, W) = '
+                         f'({batch}, k*k, {height}, {width}) to match {name} of shape '
+                         f'{tuple(features.shape)}, got {tuple(kernel.shape)}')
+    kernel_size = _kernel_size_from_taps(op, kernel.shape[1])
+    _check_window(op, kernel_size, padding_mode, height, width)
+
+
 # ----------------------------------------------------------------------------------------
 # public API
 
@@ -232,16 +248,8 @@ def adaptive_conv(x: torch.Tensor, kernel: torch.Tensor,
         return _adaptive_conv_featup_layout(x, kernel)
     if padding_mode is None:
         padding_mode = 'reflect'
-    _check_map(op, 'x', x)
-    _check_map(op, 'kernel', kernel, "4-D (B, k*k, H, W) (or FeatUp's 5-D (B, H, W, k, k))")
-    _check_same_place(op, 'kernel', kernel, 'x', x)
-    batch, _, height, width = x.shape
-    if kernel.shape[0] != batch or kernel.shape[2:] != x.shape[2:]:
-        raise ValueError(f'{op}: kernel must have shape (B, k*k, H, W) = '
-                         f'({batch}, k*k, {height}, {width}) to match x of shape '
-                         f'{tuple(x.shape)}, got {tuple(kernel.shape)}')
-    kernel_size = _kernel_size_from_taps(op, kernel.shape[1])
-    _check_window(op, kernel_size, padding_mode, height, width)
+    _check_features_and_kernel(op, 'x', x, kernel, padding_mode,
+                               "4-D (B, k*k, H, W) (or FeatUp's 5-D (B, H, W, k, k))")
     if _use_ext(x.device):
         return _compiled_ops.adaptive_conv(x, kernel, padding_mode)
     return adaptive_conv_reference(x, kernel, padding_mode)
@@ -265,17 +273,8 @@ def adaptive_conv_transpose(y: torch.Tensor, kernel: torch.Tensor,
     Returns:
         (B, C, H, W) tensor of y's dtype.
     """
-    op = 'adaptive_conv_transpose'
-    _check_map(op, 'y', y)
-    _check_map(op, 'kernel', kernel, '4-D (B, k*k, H, W)')
-    _check_same_place(op, 'kernel', kernel, 'y', y)
-    batch, _, height, width = y.shape
-    if kernel.shape[0] != batch or kernel.shape[2:] != y.shape[2:]:
-        raise ValueError(f'{op}: kernel must have shape (B, k*k, H, W) = '
-                         f'({batch}, k*k, {height}, {width}) to match y of shape '
-                         f'{tuple(y.shape)}, got {tuple(kernel.shape)}')
-    kernel_size = _kernel_size_from_taps(op, kernel.shape[1])
-    _check_window(op, kernel_size, padding_mode, height, width)
+    _check_features_and_kernel('adaptive_conv_transpose', 'y', y, kernel, padding_mode,
+                               '4-D (B, k*k, H, W)')
     if _use_ext(y.device):
         return _compiled_ops.adaptive_conv_backward_features(y, kernel, padding_mode)
     return adaptive_conv_transpose_reference(y, kernel, padding_mode)
