@@ -3,6 +3,7 @@ import itertools
 import os
 import subprocess
 import sys
+import threading
 import zlib
 
 import pytest
@@ -498,4 +499,23 @@ def test_use_reference_ops_switches_implementation(monkeypatch):
     torch.testing.assert_close(compiled, reference)
     calls.clear()
     adaptive_conv(x, kernel)
+    assert not calls
+
+
+def test_use_reference_ops_reaches_autograd_threads(monkeypatch):
+    # CUDA backward passes (and the recomputation of checkpointed code in them) run in
+    # autograd's own threads: the switch must hold there too, as in any other thread.
+    calls = []
+    real_unfold = F.unfold
+    monkeypatch.setattr(F, 'unfold', lambda *a, **k: calls.append(1) or real_unfold(*a, **k))
+    x, kernel = torch.randn(1, 2, 6, 6), torch.randn(1, 9, 6, 6)
+    with use_reference_ops():
+        thread = threading.Thread(target=adaptive_conv, args=(x, kernel))
+        thread.start()
+        thread.join()
+    assert calls
+    calls.clear()
+    thread = threading.Thread(target=adaptive_conv, args=(x, kernel))
+    thread.start()
+    thread.join()
     assert not calls

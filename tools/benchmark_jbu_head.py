@@ -13,11 +13,13 @@ issue 13 (``--before``, a git commit: its sources are exported to build/ and its
 extension is built there once, then imported instead of this tree's), compiled kernels
 included. So one run gives both the ratio to bilinear and the speed-up.
 
-Every measurement runs in a fresh Python process: the peak memory is the rise of the
-process's peak resident set (VmHWM) during the first step above the built model and
-inputs, as in tools/benchmark_ops.py; the time is the median of the following steps.
+Every measurement runs in a fresh Python process: the peak memory is the rise during the
+first step above the built model and inputs (on CPU of the process's peak resident set,
+VmHWM; on CUDA of torch.cuda.max_memory_allocated), as in tools/benchmark_ops.py; the
+time is the median of the following steps (on CUDA after warm-up steps, synchronized).
 
     python tools/benchmark_jbu_head.py                  # CPU, the issue's sizes
+    python tools/benchmark_jbu_head.py --device cuda    # the same on the GPU
     python tools/benchmark_jbu_head.py --quick          # small sizes, a smoke test
 """
 import argparse
@@ -26,7 +28,6 @@ import os
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,6 +36,8 @@ BEFORE_ISSUE_13 = 'bd67b9a8f39c4762cae6f12e92d7e3f985be50fb'
 CONFIG = 'configs/featup_segformer/segformer_mit-b1_{}_8xb2-160k_ade20k-512x512.py'
 IMPLS = {'model': ('bilinear', 'jbu-before', 'jbu'), 'head': ('bilinear', 'jbu-before', 'jbu'),
          'stack': ('jbu-before', 'jbu')}
+# untimed steps before the timed ones on CUDA (allocator caching, cuDNN/cuBLAS choices)
+CUDA_WARMUP_STEPS = 3
 # (image size, batch) of the model and head cases; (C, input size, batch) of the stack
 FULL = {'image': 512, 'batch': 2, 'stack': (384, 14, 1)}
 QUICK = {'image': 64, 'batch': 1, 'stack': (16, 7, 1)}
@@ -78,36 +81,37 @@ def build_segmentor(upsampler):
     return revert_sync_batchnorm(MODELS.build(cfg.model)).train()
 
 
-def segmentation_batch(size, batch):
+def segmentation_batch(size, batch, device):
     import torch
     from mmengine.structures import PixelData
     from mmseg.structures import SegDataSample
     gen = torch.Generator().manual_seed(0)
-    images = torch.randn(batch, 3, size, size, generator=gen)
+    images = torch.randn(batch, 3, size, size, generator=gen).to(device)
     samples = []
     for _ in range(batch):
         sample = SegDataSample()
-        sample.gt_sem_seg = PixelData(data=torch.randint(0, 150, (1, size, size), generator=gen))
+        labels = torch.randint(0, 150, (1, size, size), generator=gen)
+        sample.gt_sem_seg = PixelData(data=labels.to(device))
         sample.set_metainfo(dict(img_shape=(size, size), pad_shape=(size, size),
                                  ori_shape=(size, size)))
         samples.append(sample)
     return images, samples
 
 
-def make_step(case, impl, sizes):
+def make_step(case, impl, sizes, device):
     """A closure running one forward + backward of the case."""
     import torch
     from featup_mmseg.layers import JBUStack
     torch.manual_seed(0)
     if case == 'stack':
         channels, side, batch = sizes['stack']
-        stack = JBUStack(channels).train()
-        source = torch.randn(batch, channels, side, side, requires_grad=True)
-        image = torch.randn(batch, 3, 16 * side, 16 * side)
-        grad = torch.randn(batch, channels, 16 * side, 16 * side)
+        stack = JBUStack(channels).train().to(device)
+        source = torch.randn(batch, channels, side, side, device=device, requires_grad=True)
+        image = torch.randn(batch, 3, 16 * side, 16 * side, device=device)
+        grad = torch.randn(batch, channels, 16 * side, 16 * side, device=device)
         return lambda: stack(source, image).backward(grad)
-    model = build_segmentor(impl)
-    images, samples = segmentation_batch(sizes['image'], sizes['batch'])
+    model = build_segmentor(impl).to(device)
+    images, samples = segmentation_batch(sizes['image'], sizes['batch'], device)
     if case == 'model':
         return lambda: model.parse_losses(model.loss(images, samples))[0].backward()
     with torch.no_grad():
@@ -116,24 +120,24 @@ def make_step(case, impl, sizes):
     return lambda: model.parse_losses(head.loss(features, samples, model.train_cfg))[0].backward()
 
 
-def measure(case, impl, sizes, steps):
-    """{'s': median seconds of ``steps`` steps after the first, 'peak_mib': the first's}."""
-    from benchmark_ops import peak_extra_mib
-    step = make_step(case, impl, sizes)
-    peak_mib = peak_extra_mib('cpu', step)
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
+def measure(case, impl, sizes, steps, device):
+    """{'s': median seconds of ``steps`` steps after the first (and, on CUDA, after
+    warm-up steps), 'peak_mib': the first's}."""
+    from benchmark_ops import peak_extra_mib, time_ms
+    step = make_step(case, impl, sizes, device)
+    peak_mib = peak_extra_mib(device, step)
+    for _ in range(CUDA_WARMUP_STEPS if device == 'cuda' else 0):
         step()
-        times.append(time.perf_counter() - start)
+    times = [time_ms(device, step) / 1e3 for _ in range(steps)]
     return {'s': statistics.median(times), 'peak_mib': peak_mib}
 
 
-def measure_in_fresh_process(case, impl, sizes, steps, tree):
+def measure_in_fresh_process(case, impl, sizes, steps, device, tree):
     """measure() in a new interpreter that imports featup_mmseg from ``tree``."""
     env = {**os.environ, 'PYTHONPATH': os.pathsep.join(
         [str(tree), str(ROOT / 'tools'), os.environ.get('PYTHONPATH', '')])}
-    request = json.dumps(dict(case=case, impl=impl, sizes=sizes, steps=steps, tree=str(tree)))
+    request = json.dumps(dict(case=case, impl=impl, sizes=sizes, steps=steps, device=device,
+                              tree=str(tree)))
     result = subprocess.run([sys.executable, __file__, '--measure', request], env=env,
                             capture_output=True, text=True)
     if result.returncode != 0:
@@ -148,17 +152,20 @@ def measure_request(request):
     imported = Path(featup_mmseg.__file__).resolve().parents[1]
     if imported != Path(args['tree']).resolve():  # e.g. a stale PYTHONPATH entry first
         sys.exit(f'imported featup_mmseg from {imported}, expected {args["tree"]}')
-    print(json.dumps(measure(args['case'], args['impl'], args['sizes'], args['steps'])))
+    print(json.dumps(measure(args['case'], args['impl'], args['sizes'], args['steps'],
+                             args['device'])))
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('--device', choices=['cpu', 'cuda'], default='cpu')
     parser.add_argument('--quick', action='store_true',
                         help=f'small sizes {QUICK}, one repeat (a smoke test)')
     parser.add_argument('--repeats', type=int, default=None,
                         help='fresh processes per case and implementation (default 3)')
     parser.add_argument('--steps', type=int, default=None,
-                        help='timed steps per process (default 2, 1 with --quick)')
+                        help='timed steps per process (default 2 on CPU, 20 on CUDA; 1 with '
+                        '--quick)')
     parser.add_argument('--cases', default=','.join(IMPLS),
                         help=f'comma-separated cases out of {",".join(IMPLS)}')
     parser.add_argument('--before', default=BEFORE_ISSUE_13,
@@ -173,14 +180,18 @@ def main():
         return measure_request(args.measure)
     sizes = QUICK if args.quick else FULL
     repeats = args.repeats or (1 if args.quick else 3)
-    steps = args.steps or (1 if args.quick else 2)
+    steps = args.steps or (1 if args.quick else 20 if args.device == 'cuda' else 2)
     cases = [c for c in args.cases.split(',') if c]
     if set(cases) - set(IMPLS):
         parser.error(f'unknown cases {sorted(set(cases) - set(IMPLS))}')
-    before = (args.before_tree or before_tree(args.before)).resolve()
     import torch
+    if args.device == 'cuda' and not torch.cuda.is_available():
+        parser.error('--device cuda: no CUDA device is available')
+    before = (args.before_tree or before_tree(args.before)).resolve()
 
-    print(f'CPU, torch {torch.__version__}, {torch.get_num_threads()} threads, float32; '
+    machine = torch.cuda.get_device_name() if args.device == 'cuda' else \
+        f'CPU, {torch.get_num_threads()} threads'
+    print(f'{machine}, torch {torch.__version__}, float32; '
           f'model/head: SegFormer-B1 {sizes["image"]} x {sizes["image"]}, batch '
           f'{sizes["batch"]}; stack: C, side, batch = {sizes["stack"]}, x16; '
           f'{repeats} repeats interleaved, {steps} timed steps each; jbu-before: {before}')
@@ -192,7 +203,8 @@ def main():
         for _ in range(repeats):
             for impl in IMPLS[case]:  # interleaved: load on the machine hits all alike
                 tree = before if impl == 'jbu-before' else ROOT
-                runs[impl].append(measure_in_fresh_process(case, impl, sizes, steps, tree))
+                runs[impl].append(measure_in_fresh_process(case, impl, sizes, steps,
+                                                           args.device, tree))
         for impl, rows in runs.items():
             secs, mibs = [r['s'] for r in rows], [r['peak_mib'] for r in rows]
             results[case, impl] = (statistics.median(secs), statistics.median(mibs))

@@ -32,14 +32,18 @@ def autocast_enabled(device_type: str) -> bool:
 
 
 def conv1x1(x: torch.Tensor, weight: torch.Tensor, bias=None) -> torch.Tensor:
-    """``F.conv2d(x, weight, bias)`` for a 1x1 ``weight`` (Cout, Cin, 1, 1), as one batched
-    matrix product.
+    """``F.conv2d(x, weight, bias)`` for a 1x1 ``weight`` (Cout, Cin, 1, 1) or (Cout, Cin),
+    on CPU as one batched matrix product.
 
     The same numbers up to round-off, but on CPU several times faster, forward and
     backward, for the few-channel maps of a stage (49 or 32 channels at 128 x 128): oneDNN
-    spends most of such a convolution converting layouts. Takes weight slices too.
+    spends most of such a convolution converting layouts. Elsewhere F.conv2d itself: cuDNN
+    has no such cost, and runs with the user's TF32 setting, as nn.Conv2d would. Takes
+    weight slices too.
     """
     batch, channels, height, width = x.shape
+    if x.device.type != 'cpu':
+        return F.conv2d(x, weight.reshape(weight.shape[0], channels, 1, 1), bias)
     weight = weight.reshape(weight.shape[0], channels)
     out = torch.bmm(weight.expand(batch, -1, -1), x.reshape(batch, channels, height * width))
     if bias is not None:
@@ -225,11 +229,14 @@ class JBUStage(nn.Module):
         self._check_inputs(source, guidance)
         # Not while compiling, where the compiler chooses what to store.
         training = torch.is_grad_enabled() and not _compiling()
-        if training:
+        if training and guidance.device.type == 'cpu':
             # The kernel's intermediates, a dozen (B, k*k, H, W) and (B, key_dim, H, W)
             # maps, are recomputed in the backward instead of stored: a few 1x1 products
             # and elementwise steps, for about 200 MiB less peak memory in a SegFormer-B1
-            # JBU head step (512 x 512, batch 2). The dropout masks are redrawn identically
+            # JBU head step (512 x 512, batch 2), and less time on CPU, where fresh large
+            # allocations cost page faults. Not on a GPU: there the recomputation's launches
+            # and bookkeeping cost more than its arithmetic (H100, that head's six stages:
+            # 30 ms stored, 53 ms recomputed). The dropout masks are redrawn identically
             # (the RNG state is restored).
             kernel = checkpoint(self.kernel, guidance, use_reentrant=False)
         else:

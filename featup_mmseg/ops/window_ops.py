@@ -53,7 +53,10 @@ _ext = _load_extension()
 _HAS_EXT = _ext is not None
 _HAS_CUDA_KERNELS = _HAS_EXT and _ext.compiled_with_cuda()
 _warned_devices = set()
-_forced_reference = threading.local()
+# Process-wide, not per thread: autograd runs CUDA backward passes, and the recomputation
+# of checkpointed code within them, in threads of its own, which must run the same ops.
+_forced_reference_depth = 0
+_forced_reference_lock = threading.Lock()
 
 
 def ext_available(device: Optional[Union[str, torch.device]] = None) -> bool:
@@ -72,17 +75,20 @@ def ext_available(device: Optional[Union[str, torch.device]] = None) -> bool:
 @contextlib.contextmanager
 def use_reference_ops() -> Iterator[None]:
     """Runs the pure-PyTorch reference ops inside the block, even where the compiled
-    kernels are available (for debugging and side-by-side measurements)."""
-    previous = getattr(_forced_reference, 'active', False)
-    _forced_reference.active = True
+    kernels are available (for debugging and side-by-side measurements). It holds for the
+    whole process while the block runs, backward passes in autograd's threads included."""
+    global _forced_reference_depth
+    with _forced_reference_lock:
+        _forced_reference_depth += 1
     try:
         yield
     finally:
-        _forced_reference.active = previous
+        with _forced_reference_lock:
+            _forced_reference_depth -= 1
 
 
 def _use_ext(device: torch.device) -> bool:
-    if getattr(_forced_reference, 'active', False):
+    if _forced_reference_depth:
         return False
     if ext_available(device):
         return True
