@@ -233,11 +233,10 @@ class JBUStage(nn.Module):
             # The kernel's intermediates, a dozen (B, k*k, H, W) and (B, key_dim, H, W)
             # maps, are recomputed in the backward instead of stored: a few 1x1 products
             # and elementwise steps, for about 200 MiB less peak memory in a SegFormer-B1
-            # JBU head step (512 x 512, batch 2), and less time on CPU, where fresh large
-            # allocations cost page faults. Not on a GPU: there the recomputation's launches
-            # and bookkeeping cost more than its arithmetic (H100, that head's six stages:
-            # 30 ms stored, 53 ms recomputed). The dropout masks are redrawn identically
-            # (the RNG state is restored).
+            # JBU head step (512 x 512, batch 2). Not on a GPU: there the recomputation's
+            # launches and bookkeeping cost more than its arithmetic (H100, that head's six
+            # stages: 30 ms stored, 53 ms recomputed). The dropout masks are redrawn
+            # identically (the RNG state is restored).
             kernel = checkpoint(self.kernel, guidance, use_reentrant=False)
         else:
             kernel = self.kernel(guidance)
