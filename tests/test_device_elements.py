@@ -68,3 +68,27 @@ def test_device_element_math_matches_reference(host_kernels, padding_mode, shape
         torch.testing.assert_close(got, expected.detach(), rtol=1e-12, atol=1e-12, msg=name)
     got = _run(host_kernels, 'window_correlate', x, x, logits.shape, k, padding_mode)
     torch.testing.assert_close(got, logits.detach(), rtol=1e-12, atol=1e-12)
+
+    # The tiled CUDA kernels compute the adjoint and the correlation gradient as zero-padded
+    # aggregations with a rewritten kernel.
+    rewritten = {
+        'adjoint': (kernel, False, True, grad_out, grad_x),
+        'correlation gradient': (grad_logits, True, True, x, grad_keys),
+        'aggregation': (kernel, True, False, x, out),
+    }
+    for name, (lhs, forward, adjoint, values, expected) in rewritten.items():
+        zero_padded = _zero_padded_kernel(host_kernels, lhs, k, padding_mode, forward, adjoint)
+        got = _run(host_kernels, 'window_aggregate', zero_padded, values, expected.shape, k,
+                   'zeros')
+        torch.testing.assert_close(got, expected.detach(), rtol=1e-12, atol=1e-12, msg=name)
+
+
+def _zero_padded_kernel(host_kernels, kernel, kernel_size, padding_mode, forward, adjoint):
+    kernel = kernel.contiguous()
+    out = torch.empty_like(kernel)
+    host_kernels.window_zero_padded_kernel(
+        ctypes.c_void_p(kernel.data_ptr()), ctypes.c_void_p(out.data_ptr()),
+        ctypes.c_int64(out.shape[0]), ctypes.c_int64(kernel.shape[2]),
+        ctypes.c_int64(kernel.shape[3]), ctypes.c_int64(kernel_size // 2),
+        ctypes.c_int(MODES[padding_mode]), ctypes.c_bool(forward), ctypes.c_bool(adjoint))
+    return out

@@ -156,15 +156,17 @@ def _bilinear_outputs(op, inputs, grad_out):
     return [out.detach(), *grads]
 
 
-def _assert_matches_exact(op, reference, inputs, grad_out):
+def _assert_matches_exact(op, reference, inputs, grad_out, terms):
     """Compares op in the inputs' dtype with the float64 reference on the same values.
 
     Both ops are bilinear, so |result| <= reference(|inputs|) elementwise for the output
-    and every gradient: rounding in the inputs' dtype, with float accumulation, stays
-    within a few eps of that magnitude (plus the dtype's smallest normal, for results
-    that underflow).
+    and every gradient. A sum of `terms` products accumulated in precision u stays within
+    terms * u of that magnitude (the classic dot-product bound), and rounding the result to
+    the inputs' dtype adds its own eps; the dtype's smallest normal covers results that
+    underflow. Half types accumulate in float.
     """
     finfo = torch.finfo(inputs[0].dtype)
+    accumulation_eps = torch.finfo(torch.promote_types(inputs[0].dtype, torch.float32)).eps
     got = _bilinear_outputs(op, inputs, grad_out)
     exact = _bilinear_outputs(reference, [t.double() for t in inputs], grad_out.double())
     bound = _bilinear_outputs(reference, [t.double().abs() for t in inputs],
@@ -173,7 +175,7 @@ def _assert_matches_exact(op, reference, inputs, grad_out):
                              exact, bound):
         assert g.dtype == inputs[0].dtype and g.shape == e.shape, name
         err = (g.double() - e).abs()
-        limit = 4 * finfo.eps * b + finfo.tiny
+        limit = (4 * finfo.eps + terms * accumulation_eps) * b + finfo.tiny
         assert (err <= limit).all(), f'{name}: max error {err.max():.3g}, ' \
             f'worst ratio {(err / limit).max():.3g}'
 
@@ -184,6 +186,10 @@ SHAPES = [  # (B, C, H, W, k)
     # the CPU kernels' 64-byte vectors of float (16) and double (8) with a tail, channel
     # blocks of 4 with a remainder, for each compiled window size
     (2, 6, 7, 37, 3), (1, 9, 6, 40, 5), (1, 7, 8, 35, 7),
+    # the tiled CUDA kernels: 32 x 8 tiles, several per map in both directions with partial
+    # ones; aggregation channel ranges of several channels; correlation partial sums over
+    # channel ranges with a remainder
+    (2, 40, 37, 70, 7), (1, 100, 9, 40, 5),
 ]
 
 
@@ -200,15 +206,18 @@ def test_matches_reference(device, dtype, shape, padding_mode):
     def rand(*size):
         return torch.randn(*size, generator=gen).to(device=device, dtype=dtype)
 
+    # the longest sum: over channels, or over the taps landing on a pixel (borders fold
+    # several taps onto one source)
+    terms = channels + 2 * kernel_size**2
     keys = rand(batch, channels, height, width)
     _assert_matches_exact(lambda q: window_correlation(q, kernel_size, padding_mode),
                           lambda q: window_correlation_reference(q, kernel_size, padding_mode),
-                          [keys], rand(batch, kernel_size**2, height, width))
+                          [keys], rand(batch, kernel_size**2, height, width), terms)
     features, kernel = rand(batch, channels, height, width), rand(batch, kernel_size**2,
                                                                   height, width)
     _assert_matches_exact(lambda x, k: adaptive_conv(x, k, padding_mode),
                           lambda x, k: adaptive_conv_reference(x, k, padding_mode),
-                          [features, kernel], rand(batch, channels, height, width))
+                          [features, kernel], rand(batch, channels, height, width), terms)
 
 
 @pytest.mark.parametrize('device', DEVICES)
@@ -484,6 +493,21 @@ def test_cuda_gradcheck_and_matches_cpu(padding_mode):
         on_cpu = _bilinear_outputs(op, [t.cpu() for t in inputs], grad_out.cpu())
         for a, b in zip(on_cuda, on_cpu):
             torch.testing.assert_close(a.cpu(), b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='no CUDA device')
+def test_cuda_results_are_deterministic():
+    # Tiled kernels sum channel ranges in a fixed order, never with atomics.
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 100, 37, 70, generator=gen).cuda()
+    kernel = torch.randn(2, 49, 37, 70, generator=gen).cuda()
+    cases = [(lambda a, b: adaptive_conv(a, b), [x, kernel]),
+             (lambda q: window_correlation(q, 7), [x[:, :64]])]
+    for op, inputs in cases:
+        grad_out = torch.randn_like(op(*inputs))
+        first, again = (_bilinear_outputs(op, inputs, grad_out) for _ in range(2))
+        for a, b in zip(first, again):
+            assert torch.equal(a, b)
 
 
 def test_use_reference_ops_switches_implementation(monkeypatch):

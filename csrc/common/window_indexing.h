@@ -5,8 +5,10 @@
 // (never by a padded copy of the input), and the gradients are computed in gather
 // form through the preimage of that mapping, so that no kernel needs atomics.
 //
-// The *_element functions at the end compute one output element from its flat index:
-// they are the whole body of the CUDA kernels, and tests/csrc runs them on the host.
+// The *_element functions compute one output element from its flat index: they are the
+// whole body of the CUDA kernels for untiled window sizes, as window_zero_padded_tap at the
+// end is that of the kernel rewriting a gradient's kernel for zero padding
+// (cuda/window_kernels.cuh); tests/csrc runs them all on the host.
 #pragma once
 
 #include <cstdint>
@@ -83,6 +85,11 @@ FEATUP_HOST_DEVICE WindowPreimage window_preimage(int64_t s, int64_t n, int64_t 
   return pre;
 }
 
+// Whether window positions outside the map fold onto s (s has more than itself as preimage).
+FEATUP_HOST_DEVICE bool window_folds_onto(int64_t s, int64_t n, int64_t r, PaddingMode mode) {
+  return window_preimage(s, n, r, mode).count > 1;
+}
+
 // sum_p kernel[p, y, x] * values~[y + i - r, x + j - r]
 // kernel: the k*k planes of one batch element; values: one channel plane.
 template <typename scalar_t, typename acc_t>
@@ -120,33 +127,46 @@ FEATUP_HOST_DEVICE acc_t window_correlate_at(const scalar_t* a, const scalar_t* 
   return sum;
 }
 
+// Sum of kernel[(i, j), py, px] over the taps (i, j) of pixel (py, px) whose source, once
+// borders are resolved, is (qy, qx). kernel: the k*k planes of one batch element.
+template <typename scalar_t, typename acc_t>
+FEATUP_HOST_DEVICE acc_t window_landing_sum(const scalar_t* kernel, const WindowGeometry& g,
+                                            int64_t py, int64_t px, int64_t qy, int64_t qx) {
+  const int64_t k = g.size(), r = g.radius, plane = g.plane(), pixel = py * g.width + px;
+  const WindowPreimage rows = window_preimage(qy, g.height, r, g.mode);
+  const WindowPreimage cols = window_preimage(qx, g.width, r, g.mode);
+  acc_t sum = acc_t(0);
+  for (int rr = 0; rr < rows.count; ++rr) {
+    for (int64_t t = rows.first[rr]; t <= rows.last[rr]; ++t) {
+      const int64_t i = t - py + r;
+      if (i < 0 || i >= k) continue;
+      for (int cc = 0; cc < cols.count; ++cc) {
+        for (int64_t u = cols.first[cc]; u <= cols.last[cc]; ++u) {
+          const int64_t j = u - px + r;
+          if (j < 0 || j >= k) continue;
+          sum += acc_t(kernel[(i * k + j) * plane + pixel]);
+        }
+      }
+    }
+  }
+  return sum;
+}
+
 // Adjoint of window_aggregate_at with respect to values, evaluated at (ys, xs):
 // sum of kernel[p, y, x] * a[y, x] over every (p, y, x) whose tap lands on (ys, xs)
-// once borders are resolved. kernel: the k*k planes of one batch element; a: one plane.
+// once borders are resolved. Every such (y, x) lies in the window around (ys, xs).
+// kernel: the k*k planes of one batch element; a: one plane.
 template <typename scalar_t, typename acc_t>
 FEATUP_HOST_DEVICE acc_t window_aggregate_adjoint_at(const scalar_t* kernel, const scalar_t* a,
                                                      const WindowGeometry& g, int64_t ys,
                                                      int64_t xs) {
-  const int64_t k = g.size(), r = g.radius, plane = g.plane();
-  const WindowPreimage rows = window_preimage(ys, g.height, r, g.mode);
-  const WindowPreimage cols = window_preimage(xs, g.width, r, g.mode);
   acc_t sum = acc_t(0);
-  for (int rr = 0; rr < rows.count; ++rr) {
-    for (int64_t t = rows.first[rr]; t <= rows.last[rr]; ++t) {
-      for (int64_t i = 0; i < k; ++i) {
-        const int64_t y = t - i + r;
-        if (y < 0 || y >= g.height) continue;
-        for (int cc = 0; cc < cols.count; ++cc) {
-          for (int64_t u = cols.first[cc]; u <= cols.last[cc]; ++u) {
-            for (int64_t j = 0; j < k; ++j) {
-              const int64_t x = u - j + r;
-              if (x < 0 || x >= g.width) continue;
-              const int64_t pixel = y * g.width + x;
-              sum += acc_t(kernel[(i * k + j) * plane + pixel]) * acc_t(a[pixel]);
-            }
-          }
-        }
-      }
+  for (int64_t y = ys - g.radius; y <= ys + g.radius; ++y) {
+    if (y < 0 || y >= g.height) continue;
+    for (int64_t x = xs - g.radius; x <= xs + g.radius; ++x) {
+      if (x < 0 || x >= g.width) continue;
+      sum += window_landing_sum<scalar_t, acc_t>(kernel, g, y, x, ys, xs) *
+             acc_t(a[y * g.width + x]);
     }
   }
   return sum;
@@ -198,6 +218,32 @@ FEATUP_HOST_DEVICE acc_t window_correlation_backward_element(const scalar_t* gra
                                                              int64_t index) {
   return window_aggregate_element<scalar_t, acc_t>(grad, keys, channels, g, index) +
          window_aggregate_adjoint_element<scalar_t, acc_t>(grad, keys, channels, g, index);
+}
+
+// Tap (i, j) at (y, x) of the kernel that, applied with zero padding, gives what kernel
+// gives with the geometry's padding (forward: window_aggregate_at) plus what its adjoint
+// gives (adjoint: window_aggregate_adjoint_at); 0 for a tap reading outside the map.
+// A landing sum of a single term (no border folds onto the pixel where it lands) is read
+// directly. kernel: the k*k planes of one batch element.
+template <typename scalar_t, typename acc_t>
+FEATUP_HOST_DEVICE acc_t window_zero_padded_tap(const scalar_t* kernel, const WindowGeometry& g,
+                                                bool forward, bool adjoint, int64_t y,
+                                                int64_t x, int64_t i, int64_t j) {
+  const int64_t k = g.size(), r = g.radius, plane = g.plane();
+  const int64_t sy = y + i - r, sx = x + j - r;
+  acc_t sum = acc_t(0);
+  if (sy < 0 || sy >= g.height || sx < 0 || sx >= g.width) return sum;
+  if (forward) {
+    sum += window_folds_onto(sy, g.height, r, g.mode) || window_folds_onto(sx, g.width, r, g.mode)
+               ? window_landing_sum<scalar_t, acc_t>(kernel, g, y, x, sy, sx)
+               : acc_t(kernel[(i * k + j) * plane + y * g.width + x]);
+  }
+  if (adjoint) {
+    sum += window_folds_onto(y, g.height, r, g.mode) || window_folds_onto(x, g.width, r, g.mode)
+               ? window_landing_sum<scalar_t, acc_t>(kernel, g, sy, sx, y, x)
+               : acc_t(kernel[((k - 1 - i) * k + k - 1 - j) * plane + sy * g.width + sx]);
+  }
+  return sum;
 }
 
 }  // namespace featup_mmseg

@@ -23,3 +23,21 @@ FEATUP_HOST_KERNEL(window_correlate, window_correlate_element)
 FEATUP_HOST_KERNEL(window_aggregate, window_aggregate_element)
 FEATUP_HOST_KERNEL(window_aggregate_adjoint, window_aggregate_adjoint_element)
 FEATUP_HOST_KERNEL(window_correlation_backward, window_correlation_backward_element)
+
+// Every tap of the zero-padded kernel, as the tiled CUDA kernels' rewrite computes it.
+extern "C" void window_zero_padded_kernel(const double* kernel, double* out, int64_t batch,
+                                          int64_t height, int64_t width, int64_t radius,
+                                          int mode, bool forward, bool adjoint) {
+  const WindowGeometry g{height, width, radius, static_cast<PaddingMode>(mode)};
+  const int64_t k = g.size(), plane = g.plane();
+  for (int64_t n = 0; n < batch; ++n) {
+    for (int64_t p = 0; p < g.taps(); ++p) {
+      for (int64_t pixel = 0; pixel < plane; ++pixel) {
+        out[(n * g.taps() + p) * plane + pixel] =
+            featup_mmseg::window_zero_padded_tap<double, double>(
+                kernel + n * g.taps() * plane, g, forward, adjoint, pixel / width,
+                pixel % width, p / k, p % k);
+      }
+    }
+  }
+}

@@ -1,7 +1,16 @@
-// CUDA kernels of the window ops: one thread per output element, evaluating the
-// element functions of window_indexing.h in opmath precision (tests/csrc runs the
-// same functions on the host). Gradients are gathered, not scattered with atomics, so
-// results are deterministic.
+// CUDA kernels of the window ops.
+//
+// Window sizes 3, 5 and 7 run tiled kernels: a block owns a 32 x 8 tile of output pixels of
+// one map and a range of channels; per channel it stages the tile's window (the tile plus
+// an r-pixel border, borders resolved once per block) in shared memory, alternating
+// between two buffers so that one barrier per channel suffices, and each thread keeps the
+// k*k taps of its pixel in registers. The gradients that gather through the border
+// mapping (the adjoint of the aggregation, the correlation's gradient) first rewrite their
+// k*k kernel into one that gives the same sums with zero padding
+// (window_zero_padded_tap), then run the tiled aggregation. Other window sizes run one
+// thread per output element over the element functions of window_indexing.h (tests/csrc
+// runs those, and the rewrite, on the host). Nothing is scattered with atomics and channel
+// ranges are reduced in a fixed order, so every result is deterministic.
 #pragma once
 
 #include <ATen/OpMathType.h>
@@ -30,5 +39,187 @@ FEATUP_DEFINE_WINDOW_KERNEL(window_correlation_backward_kernel,
                             window_correlation_backward_element)
 
 #undef FEATUP_DEFINE_WINDOW_KERNEL
+
+// One warp per tile row: a warp's shared-memory reads are consecutive words.
+constexpr int kTileWidth = 32;
+constexpr int kTileHeight = 8;
+constexpr int kTileThreads = kTileWidth * kTileHeight;
+
+// Where a block's output tile lies: blockIdx.x enumerates (map, tile row, tile column),
+// blockIdx.y the block's channel range.
+struct TileGrid {
+  int64_t tiles_x;
+  int64_t tiles_per_map;
+  int64_t channels_per_block;
+};
+
+// The window of a tile of one plane, (kTileHeight + 2r) x (kTileWidth + 2r) values staged
+// in shared memory in opmath precision. Each thread always loads the same entries, so their
+// border-resolved source offsets are computed once per block (-1: a zero).
+template <typename scalar_t, typename acc_t, int K>
+struct TileWindow {
+  static constexpr int kRadius = K / 2;
+  static constexpr int kWidth = kTileWidth + 2 * kRadius;
+  static constexpr int kHeight = kTileHeight + 2 * kRadius;
+  static constexpr int kEntries = kWidth * kHeight;
+  static constexpr int kPerThread = (kEntries + kTileThreads - 1) / kTileThreads;
+
+  int64_t source[kPerThread];
+
+  // Positions past the map by more than r only feed threads outside the map.
+  static __device__ int64_t resolve(int64_t t, int64_t n, PaddingMode mode) {
+    return t < -kRadius || t > n - 1 + kRadius ? -1 : border_index(t, n, mode);
+  }
+
+  __device__ TileWindow(const WindowGeometry& g, int64_t y0, int64_t x0) {
+#pragma unroll
+    for (int n = 0; n < kPerThread; ++n) {
+      const int entry = threadIdx.x + n * kTileThreads;
+      source[n] = -1;
+      if (entry >= kEntries) continue;
+      const int64_t sy = resolve(y0 + entry / kWidth - kRadius, g.height, g.mode);
+      const int64_t sx = resolve(x0 + entry % kWidth - kRadius, g.width, g.mode);
+      if (sy >= 0 && sx >= 0) source[n] = sy * g.width + sx;
+    }
+  }
+
+  // The entries of one plane, read ahead of the barrier that publishes them.
+  struct Values {
+    acc_t entry[kPerThread];
+  };
+
+  __device__ Values fetch(const scalar_t* plane) const {
+    Values values;
+#pragma unroll
+    for (int n = 0; n < kPerThread; ++n) {
+      values.entry[n] = source[n] >= 0 ? acc_t(plane[source[n]]) : acc_t(0);
+    }
+    return values;
+  }
+
+  __device__ void store(acc_t* window, const Values& values) const {
+#pragma unroll
+    for (int n = 0; n < kPerThread; ++n) {
+      const int entry = threadIdx.x + n * kTileThreads;
+      if (entry < kEntries) window[entry] = values.entry[n];
+    }
+  }
+};
+
+// out[b, c, y, x] = sum_p kernel[b, p, y, x] * values~[b, c, y + i - r, x + j - r]
+template <typename scalar_t, int K>
+__global__ void __launch_bounds__(kTileThreads)
+    window_aggregate_tiled_kernel(const scalar_t* __restrict__ kernel,
+                                  const scalar_t* __restrict__ values,
+                                  scalar_t* __restrict__ out, int64_t channels, WindowGeometry g,
+                                  TileGrid grid) {
+  using acc_t = at::opmath_type<scalar_t>;
+  using Window = TileWindow<scalar_t, acc_t, K>;
+  __shared__ acc_t windows[2][Window::kEntries];
+  const int tx = threadIdx.x % kTileWidth, ty = threadIdx.x / kTileWidth;
+  const int64_t n = blockIdx.x / grid.tiles_per_map, tile = blockIdx.x % grid.tiles_per_map;
+  const int64_t y0 = tile / grid.tiles_x * kTileHeight, x0 = tile % grid.tiles_x * kTileWidth;
+  const int64_t y = y0 + ty, x = x0 + tx, plane = g.plane(), pixel = y * g.width + x;
+  const bool inside = y < g.height && x < g.width;
+
+  acc_t weight[K * K];
+  const scalar_t* kernel_n = kernel + n * K * K * plane + pixel;
+#pragma unroll
+  for (int p = 0; p < K * K; ++p) weight[p] = inside ? acc_t(kernel_n[p * plane]) : acc_t(0);
+
+  const Window tile_window(g, y0, x0);
+  const int64_t first = blockIdx.y * grid.channels_per_block;
+  const int64_t last = min(channels, first + grid.channels_per_block);
+  const scalar_t* values_n = values + n * channels * plane;
+  typename Window::Values next = tile_window.fetch(values_n + first * plane);
+  for (int64_t c = first; c < last; ++c) {
+    acc_t* window = windows[c & 1];
+    tile_window.store(window, next);
+    __syncthreads();
+    // the next channel's global reads overlap this channel's arithmetic
+    if (c + 1 < last) next = tile_window.fetch(values_n + (c + 1) * plane);
+    acc_t sum = acc_t(0);
+#pragma unroll
+    for (int i = 0; i < K; ++i) {
+#pragma unroll
+      for (int j = 0; j < K; ++j) {
+        sum += weight[i * K + j] * window[(ty + i) * Window::kWidth + tx + j];
+      }
+    }
+    if (inside) out[(n * channels + c) * plane + pixel] = static_cast<scalar_t>(sum);
+  }
+}
+
+// partial[blockIdx.y, b, p, y, x] = sum_c a[b, c, y, x] * b~[b, c, y + i - r, x + j - r]
+// over the block's channel range, in opmath precision.
+template <typename scalar_t, int K>
+__global__ void __launch_bounds__(kTileThreads)
+    window_correlate_tiled_kernel(const scalar_t* __restrict__ a, const scalar_t* __restrict__ b,
+                                  at::opmath_type<scalar_t>* __restrict__ partial,
+                                  int64_t channels, WindowGeometry g, TileGrid grid) {
+  using acc_t = at::opmath_type<scalar_t>;
+  using Window = TileWindow<scalar_t, acc_t, K>;
+  __shared__ acc_t windows[2][Window::kEntries];
+  const int tx = threadIdx.x % kTileWidth, ty = threadIdx.x / kTileWidth;
+  const int64_t n = blockIdx.x / grid.tiles_per_map, tile = blockIdx.x % grid.tiles_per_map;
+  const int64_t y0 = tile / grid.tiles_x * kTileHeight, x0 = tile % grid.tiles_x * kTileWidth;
+  const int64_t y = y0 + ty, x = x0 + tx, plane = g.plane(), pixel = y * g.width + x;
+  const bool inside = y < g.height && x < g.width;
+
+  acc_t sum[K * K];
+#pragma unroll
+  for (int p = 0; p < K * K; ++p) sum[p] = acc_t(0);
+  const Window tile_window(g, y0, x0);
+  const int64_t first = blockIdx.y * grid.channels_per_block;
+  const int64_t last = min(channels, first + grid.channels_per_block);
+  const scalar_t* a_n = a + n * channels * plane + pixel;
+  const scalar_t* b_n = b + n * channels * plane;
+  typename Window::Values next = tile_window.fetch(b_n + first * plane);
+  for (int64_t c = first; c < last; ++c) {
+    acc_t* window = windows[c & 1];
+    tile_window.store(window, next);
+    const acc_t a_value = inside ? acc_t(a_n[c * plane]) : acc_t(0);
+    __syncthreads();
+    // the next channel's global reads overlap this channel's arithmetic
+    if (c + 1 < last) next = tile_window.fetch(b_n + (c + 1) * plane);
+#pragma unroll
+    for (int i = 0; i < K; ++i) {
+#pragma unroll
+      for (int j = 0; j < K; ++j) {
+        sum[i * K + j] += a_value * window[(ty + i) * Window::kWidth + tx + j];
+      }
+    }
+  }
+  if (!inside) return;
+  const int64_t batch = gridDim.x / grid.tiles_per_map;
+  acc_t* partial_n = partial + ((blockIdx.y * batch + n) * K * K) * plane + pixel;
+#pragma unroll
+  for (int p = 0; p < K * K; ++p) partial_n[p * plane] = sum[p];
+}
+
+// out (B, k*k, H, W) = window_zero_padded_tap for every tap of the tile's pixels. The tap
+// loop stays rolled: the kernel is bound by memory, and unrolled copies of the border
+// path would multiply compile time.
+template <typename scalar_t>
+__global__ void __launch_bounds__(kTileThreads)
+    window_zero_padded_kernel_tiled_kernel(const scalar_t* __restrict__ kernel,
+                                           scalar_t* __restrict__ out, WindowGeometry g,
+                                           TileGrid grid, bool forward, bool adjoint) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int tx = threadIdx.x % kTileWidth, ty = threadIdx.x / kTileWidth;
+  const int64_t n = blockIdx.x / grid.tiles_per_map, tile = blockIdx.x % grid.tiles_per_map;
+  const int64_t y = tile / grid.tiles_x * kTileHeight + ty;
+  const int64_t x = tile % grid.tiles_x * kTileWidth + tx;
+  if (y >= g.height || x >= g.width) return;
+  const int k = static_cast<int>(g.size()), taps = k * k;
+  const int64_t plane = g.plane();
+  const scalar_t* kernel_n = kernel + n * taps * plane;
+  scalar_t* out_n = out + n * taps * plane + y * g.width + x;
+#pragma unroll 1
+  for (int p = 0; p < taps; ++p) {
+    out_n[p * plane] = static_cast<scalar_t>(window_zero_padded_tap<scalar_t, acc_t>(
+        kernel_n, g, forward, adjoint, y, x, p / k, p % k));
+  }
+}
 
 }  // namespace featup_mmseg
