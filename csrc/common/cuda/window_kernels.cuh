@@ -53,6 +53,27 @@ struct TileGrid {
   int64_t channels_per_block;
 };
 
+// This thread's output pixel: the block's map n and tile origin (y0, x0), the pixel (y, x)
+// and its flat index, and whether it lies in the map (threads past the map's edge still
+// take part in loading the tile's window).
+struct TilePixel {
+  int tx, ty;
+  int64_t n, y0, x0, y, x, pixel;
+  bool inside;
+
+  __device__ TilePixel(const TileGrid& grid, const WindowGeometry& g)
+      : tx(threadIdx.x % kTileWidth), ty(threadIdx.x / kTileWidth) {
+    n = blockIdx.x / grid.tiles_per_map;
+    const int64_t tile = blockIdx.x % grid.tiles_per_map;
+    y0 = tile / grid.tiles_x * kTileHeight;
+    x0 = tile % grid.tiles_x * kTileWidth;
+    y = y0 + ty;
+    x = x0 + tx;
+    pixel = y * g.width + x;
+    inside = y < g.height && x < g.width;
+  }
+};
+
 // The window of a tile of one plane, (kTileHeight + 2r) x (kTileWidth + 2r) values staged
 // in shared memory in opmath precision. Each thread always loads the same entries, so their
 // border-resolved source offsets are computed once per block (-1: a zero).
@@ -104,6 +125,23 @@ struct TileWindow {
       if (entry < kEntries) window[entry] = values.entry[n];
     }
   }
+
+  // Calls use(c, window) for each channel c in [first, last) of planes (C, H, W), window
+  // holding that channel's values in shared memory. Channels alternate between the two
+  // buffers of windows, so one barrier per channel suffices, and the next channel's global
+  // reads overlap use's arithmetic on this one.
+  template <typename Use>
+  __device__ void for_each_channel(const scalar_t* planes, int64_t plane, int64_t first,
+                                   int64_t last, acc_t (*windows)[kEntries], Use use) const {
+    Values next = fetch(planes + first * plane);
+    for (int64_t c = first; c < last; ++c) {
+      acc_t* window = windows[c & 1];
+      store(window, next);
+      __syncthreads();
+      if (c + 1 < last) next = fetch(planes + (c + 1) * plane);
+      use(c, window);
+    }
+  }
 };
 
 // out[b, c, y, x] = sum_p kernel[b, p, y, x] * values~[b, c, y + i - r, x + j - r]
@@ -116,38 +154,30 @@ __global__ void __launch_bounds__(kTileThreads)
   using acc_t = at::opmath_type<scalar_t>;
   using Window = TileWindow<scalar_t, acc_t, K>;
   __shared__ acc_t windows[2][Window::kEntries];
-  const int tx = threadIdx.x % kTileWidth, ty = threadIdx.x / kTileWidth;
-  const int64_t n = blockIdx.x / grid.tiles_per_map, tile = blockIdx.x % grid.tiles_per_map;
-  const int64_t y0 = tile / grid.tiles_x * kTileHeight, x0 = tile % grid.tiles_x * kTileWidth;
-  const int64_t y = y0 + ty, x = x0 + tx, plane = g.plane(), pixel = y * g.width + x;
-  const bool inside = y < g.height && x < g.width;
+  const TilePixel pos(grid, g);
+  const int64_t plane = g.plane();
 
   acc_t weight[K * K];
-  const scalar_t* kernel_n = kernel + n * K * K * plane + pixel;
+  const scalar_t* kernel_n = kernel + pos.n * K * K * plane + pos.pixel;
 #pragma unroll
-  for (int p = 0; p < K * K; ++p) weight[p] = inside ? acc_t(kernel_n[p * plane]) : acc_t(0);
+  for (int p = 0; p < K * K; ++p) weight[p] = pos.inside ? acc_t(kernel_n[p * plane]) : acc_t(0);
 
-  const Window tile_window(g, y0, x0);
   const int64_t first = blockIdx.y * grid.channels_per_block;
   const int64_t last = min(channels, first + grid.channels_per_block);
-  const scalar_t* values_n = values + n * channels * plane;
-  typename Window::Values next = tile_window.fetch(values_n + first * plane);
-  for (int64_t c = first; c < last; ++c) {
-    acc_t* window = windows[c & 1];
-    tile_window.store(window, next);
-    __syncthreads();
-    // the next channel's global reads overlap this channel's arithmetic
-    if (c + 1 < last) next = tile_window.fetch(values_n + (c + 1) * plane);
-    acc_t sum = acc_t(0);
+  scalar_t* out_n = out + pos.n * channels * plane + pos.pixel;
+  Window(g, pos.y0, pos.x0).for_each_channel(
+      values + pos.n * channels * plane, plane, first, last, windows,
+      [&](int64_t c, const acc_t* window) {
+        acc_t sum = acc_t(0);
 #pragma unroll
-    for (int i = 0; i < K; ++i) {
+        for (int i = 0; i < K; ++i) {
 #pragma unroll
-      for (int j = 0; j < K; ++j) {
-        sum += weight[i * K + j] * window[(ty + i) * Window::kWidth + tx + j];
-      }
-    }
-    if (inside) out[(n * channels + c) * plane + pixel] = static_cast<scalar_t>(sum);
-  }
+          for (int j = 0; j < K; ++j) {
+            sum += weight[i * K + j] * window[(pos.ty + i) * Window::kWidth + pos.tx + j];
+          }
+        }
+        if (pos.inside) out_n[c * plane] = static_cast<scalar_t>(sum);
+      });
 }
 
 // partial[blockIdx.y, b, p, y, x] = sum_c a[b, c, y, x] * b~[b, c, y + i - r, x + j - r]
@@ -160,39 +190,30 @@ __global__ void __launch_bounds__(kTileThreads)
   using acc_t = at::opmath_type<scalar_t>;
   using Window = TileWindow<scalar_t, acc_t, K>;
   __shared__ acc_t windows[2][Window::kEntries];
-  const int tx = threadIdx.x % kTileWidth, ty = threadIdx.x / kTileWidth;
-  const int64_t n = blockIdx.x / grid.tiles_per_map, tile = blockIdx.x % grid.tiles_per_map;
-  const int64_t y0 = tile / grid.tiles_x * kTileHeight, x0 = tile % grid.tiles_x * kTileWidth;
-  const int64_t y = y0 + ty, x = x0 + tx, plane = g.plane(), pixel = y * g.width + x;
-  const bool inside = y < g.height && x < g.width;
+  const TilePixel pos(grid, g);
+  const int64_t plane = g.plane();
 
   acc_t sum[K * K];
 #pragma unroll
   for (int p = 0; p < K * K; ++p) sum[p] = acc_t(0);
-  const Window tile_window(g, y0, x0);
   const int64_t first = blockIdx.y * grid.channels_per_block;
   const int64_t last = min(channels, first + grid.channels_per_block);
-  const scalar_t* a_n = a + n * channels * plane + pixel;
-  const scalar_t* b_n = b + n * channels * plane;
-  typename Window::Values next = tile_window.fetch(b_n + first * plane);
-  for (int64_t c = first; c < last; ++c) {
-    acc_t* window = windows[c & 1];
-    tile_window.store(window, next);
-    const acc_t a_value = inside ? acc_t(a_n[c * plane]) : acc_t(0);
-    __syncthreads();
-    // the next channel's global reads overlap this channel's arithmetic
-    if (c + 1 < last) next = tile_window.fetch(b_n + (c + 1) * plane);
+  const scalar_t* a_n = a + pos.n * channels * plane + pos.pixel;
+  Window(g, pos.y0, pos.x0).for_each_channel(
+      b + pos.n * channels * plane, plane, first, last, windows,
+      [&](int64_t c, const acc_t* window) {
+        const acc_t a_value = pos.inside ? acc_t(a_n[c * plane]) : acc_t(0);
 #pragma unroll
-    for (int i = 0; i < K; ++i) {
+        for (int i = 0; i < K; ++i) {
 #pragma unroll
-      for (int j = 0; j < K; ++j) {
-        sum[i * K + j] += a_value * window[(ty + i) * Window::kWidth + tx + j];
-      }
-    }
-  }
-  if (!inside) return;
+          for (int j = 0; j < K; ++j) {
+            sum[i * K + j] += a_value * window[(pos.ty + i) * Window::kWidth + pos.tx + j];
+          }
+        }
+      });
+  if (!pos.inside) return;
   const int64_t batch = gridDim.x / grid.tiles_per_map;
-  acc_t* partial_n = partial + ((blockIdx.y * batch + n) * K * K) * plane + pixel;
+  acc_t* partial_n = partial + ((blockIdx.y * batch + pos.n) * K * K) * plane + pos.pixel;
 #pragma unroll
   for (int p = 0; p < K * K; ++p) partial_n[p * plane] = sum[p];
 }
@@ -206,19 +227,16 @@ __global__ void __launch_bounds__(kTileThreads)
                                            scalar_t* __restrict__ out, WindowGeometry g,
                                            TileGrid grid, bool forward, bool adjoint) {
   using acc_t = at::opmath_type<scalar_t>;
-  const int tx = threadIdx.x % kTileWidth, ty = threadIdx.x / kTileWidth;
-  const int64_t n = blockIdx.x / grid.tiles_per_map, tile = blockIdx.x % grid.tiles_per_map;
-  const int64_t y = tile / grid.tiles_x * kTileHeight + ty;
-  const int64_t x = tile % grid.tiles_x * kTileWidth + tx;
-  if (y >= g.height || x >= g.width) return;
+  const TilePixel pos(grid, g);
+  if (!pos.inside) return;
   const int k = static_cast<int>(g.size()), taps = k * k;
   const int64_t plane = g.plane();
-  const scalar_t* kernel_n = kernel + n * taps * plane;
-  scalar_t* out_n = out + n * taps * plane + y * g.width + x;
+  const scalar_t* kernel_n = kernel + pos.n * taps * plane;
+  scalar_t* out_n = out + pos.n * taps * plane + pos.pixel;
 #pragma unroll 1
   for (int p = 0; p < taps; ++p) {
     out_n[p * plane] = static_cast<scalar_t>(window_zero_padded_tap<scalar_t, acc_t>(
-        kernel_n, g, forward, adjoint, y, x, p / k, p % k));
+        kernel_n, g, forward, adjoint, pos.y, pos.x, p / k, p % k));
   }
 }
 
