@@ -11,16 +11,17 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_benchmark_ops_reports_ratios():
     result = subprocess.run([
         sys.executable, str(ROOT / 'tools' / 'benchmark_ops.py'), '--device', 'cpu',
-        '--shapes', '1,4,16,16,3', '--repeats', '1'
+        '--shapes', '1,8,64,64,3', '--repeats', '1'
     ], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert 'compiled ops: True' in out
-    for op, channels in (('adaptive_conv', 4), ('window_correlation', 32)):
+    for op, channels in (('adaptive_conv', 8), ('window_correlation', 32)):
         for impl in ('compiled', 'reference'):
-            assert re.search(rf'{op}\s+\(1, {channels}, 16, 16, 3\)\s+{impl}\s+[\d.]+\s+[\d.]+'
+            assert re.search(rf'{op}\s+\(1, {channels}, 64, 64, 3\)\s+{impl}\s+[\d.]+\s+[\d.]+'
                              r'\s+[\d.]+', out), out
-    assert len(re.findall(r'ratio\s+[\d.]+x\s+[\d.]+x\s+[\d.]+x', out)) == 2, out
+    # the memory ratio is '-' where the reference's peak is too small to resolve
+    assert len(re.findall(r'ratio\s+[\d.]+x\s+[\d.]+x\s+([\d.]+x|-)\n', out)) == 2, out
 
 
 def test_benchmark_jbu_head_reports_ratios():
@@ -36,7 +37,7 @@ def test_benchmark_jbu_head_reports_ratios():
         for impl in impls:
             assert re.search(rf'{case}\s+{impl}\s+[\d.]+\s+[\d.]+\s+[\d.]+\s+-?\d+', out), out
         assert re.search(rf'{case}\s+speed-up over before\s+[\d.]+x', out), out
-    assert len(re.findall(r'jbu / bilinear\s+[\d.]+x\s+-?[\d.]+x', out)) == 2, out
+    assert len(re.findall(r'jbu / bilinear\s+[\d.]+x\s+(-?[\d.]+x|-)\s', out)) == 2, out
     assert f'jbu-before: {ROOT}' in out, out
 
 

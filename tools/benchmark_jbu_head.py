@@ -211,17 +211,19 @@ def main():
             print(f'{case:<7}{impl:<12}{statistics.median(secs):>10.3f}{min(secs):>8.3f}'
                   f'{max(secs):>8.3f}{statistics.median(mibs):>10.0f}{min(mibs):>8.0f}'
                   f'{max(mibs):>8.0f}', flush=True)
-    print('ratios (of medians): time, peak memory')
+    from benchmark_ops import memory_ratio
+    print('ratios (of medians): time, peak memory (\'-\' where the reference\'s peak is too '
+          'small to resolve)')
     for case in cases:
         jbu_s, jbu_mib = results[case, 'jbu']
         before_s, before_mib = results[case, 'jbu-before']
         if 'bilinear' in IMPLS[case]:
             bil_s, bil_mib = results[case, 'bilinear']
             print(f'{case:<7}jbu / bilinear         {jbu_s / bil_s:6.2f}x '
-                  f'{jbu_mib / max(bil_mib, 1e-9):6.2f}x   (before issue 13: '
-                  f'{before_s / bil_s:.2f}x {before_mib / max(bil_mib, 1e-9):.2f}x)')
+                  f'{memory_ratio(jbu_mib, bil_mib, digits=2):>7}   (before issue 13: '
+                  f'{before_s / bil_s:.2f}x {memory_ratio(before_mib, bil_mib, digits=2)})')
         print(f'{case:<7}speed-up over before    {before_s / jbu_s:6.2f}x '
-              f'{jbu_mib / max(before_mib, 1e-9):6.2f}x of its memory')
+              f'{memory_ratio(jbu_mib, before_mib, digits=2):>7} of its memory')
 
 if __name__ == '__main__':
     main()
