@@ -1,12 +1,14 @@
 """JBU stage and stack against an independent unfold formulation of the spec (sections 2-3)."""
 import contextlib
 import copy
+import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from featup_mmseg.layers import RANGE_KERNELS, JBUStack, JBUStage, stage_sizes
+from featup_mmseg.layers import (RANGE_KERNELS, JBUStack, JBUStage, jbu_guidance_products,
+                                  stage_sizes)
 from featup_mmseg.layers import bicubic
 from featup_mmseg.layers.bicubic import bicubic_resize, resized_adaptive_conv
 from featup_mmseg.layers.jbu_stage import conv1x1, residual_conv1x1
@@ -480,6 +482,76 @@ def test_stage_gradients_match_spec_for_every_range_kernel(range_kernel):
     for g, w in zip(torch.autograd.grad(out, inputs, grad),
                     torch.autograd.grad(expected, inputs, grad)):
         torch.testing.assert_close(g, w, rtol=0, atol=1e-10)
+
+
+def test_stages_sharing_a_guidance_project_it_together_like_the_spec():
+    """jbu_guidance_products: one product of the guidance for several stages (here one of
+    each range kernel, with different key_dim), the same outputs and gradients as the
+    spec's, in train mode too (the same dropout masks)."""
+    stages = [_randomise(JBUStage(guidance_dim=5, key_dim=key_dim, radius=2,
+                                  range_kernel=range_kernel).double())
+              for key_dim, range_kernel in zip((4, 3, 6, 2), RANGE_KERNELS)]
+    sources = [torch.randn(2, 3, 5, 7, dtype=torch.float64, requires_grad=True)
+               for _ in stages]
+    guidance = torch.randn(2, 5, 11, 9, dtype=torch.float64, requires_grad=True)
+    params = [p for stage in stages for p in stage.parameters()]
+    inputs = [*sources, guidance, *params]
+    for training in (False, True):
+        for stage in stages:
+            stage.train(training)
+        torch.manual_seed(1)
+        products = jbu_guidance_products(stages, guidance)
+        outs = [stage(source, guidance, products=product)
+                for stage, source, product in zip(stages, sources, products)]
+        torch.manual_seed(1)
+        expected = [stage(source, guidance) for stage, source in zip(stages, sources)]
+        if not training:  # the spec's dropouts are identities
+            expected = [spec_stage(dict(stage.named_parameters()), source, guidance, 2,
+                                   stage.range_kernel_type)
+                        for stage, source in zip(stages, sources)]
+        for out, want in zip(outs, expected):
+            torch.testing.assert_close(out, want, rtol=0, atol=1e-10)
+        grads = [torch.randn_like(out) for out in outs]
+        for g, w in zip(torch.autograd.grad(outs, inputs, grads),
+                        torch.autograd.grad(expected, inputs, grads)):
+            torch.testing.assert_close(g, w, rtol=0, atol=1e-10)
+    with pytest.raises(ValueError, match=r'JBUStage: products must be \(B, n, H, W\) = '
+                       r'\(2, 29, 11, 9\) \(the guidance through guidance_projection\(\)\), '
+                       r'got \(2, 29, 11, 8\)'):
+        stages[0](sources[0], guidance, products=products[0][..., :8])
+    with pytest.raises(ValueError, match='guidance_dim=5 channels'):
+        jbu_guidance_products(stages, guidance[:, :4])
+
+
+@pytest.mark.parametrize('range_kernel', ['softmax', 'no_mlp'])
+@pytest.mark.parametrize('sigma_spatial', [0.12, 0.26, 0.27, 1.0])
+def test_softmax_kernels_normalise_like_the_spec_with_and_without_the_clamp(
+        range_kernel, sigma_spatial):
+    """The softmax range kernels fold the spatial Gaussian into the softmax only where the
+    normalisation's 1e-7 clamp cannot act (sigma_spatial^2 * ln(1e6) > 1: 0.27 and 1.0
+    fold, 0.12 and 0.26 do not); at sigma 0.12 with a sharp softmax the clamp does act,
+    where folding would give a wrong kernel."""
+    stage = _randomise(JBUStage(guidance_dim=5, key_dim=4, radius=2,
+                                range_kernel=range_kernel).double()).eval()
+    with torch.no_grad():
+        stage.sigma_spatial.fill_(sigma_spatial)
+        stage.range_temp.fill_(math.log(200.0))
+    source = torch.randn(2, 3, 5, 7, dtype=torch.float64, requires_grad=True)
+    guidance = torch.randn(2, 5, 11, 9, dtype=torch.float64, requires_grad=True)
+    params = dict(stage.named_parameters())
+    inputs = [source, guidance, *params.values()]
+    assert stage._spatial_fold_exact() == (sigma_spatial > 0.265)
+    out = stage(source, guidance)
+    expected = spec_stage(params, source, guidance, 2, range_kernel)
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-10)
+    grad = torch.randn_like(out)
+    for g, w in zip(torch.autograd.grad(out, inputs, grad),
+                    torch.autograd.grad(expected, inputs, grad)):
+        torch.testing.assert_close(g, w, rtol=0, atol=1e-10)
+    if sigma_spatial == 0.12:
+        with torch.no_grad():
+            combined = stage.range_kernel(guidance) * stage.spatial_kernel()
+        assert (combined.sum(1) < 1e-7).any()  # the clamp acts at some pixels
 
 
 def test_stage_gradcheck_tiny():

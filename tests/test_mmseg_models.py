@@ -59,17 +59,18 @@ def test_jbu_head_climbs_one_level_per_stage_guided_by_projections(monkeypatch):
     calls = []
     original = JBUStage.forward
 
-    def spy(stage, source, guidance):
-        calls.append((tuple(source.shape[-2:]), tuple(guidance.shape)))
-        return original(stage, source, guidance)
+    def spy(stage, source, guidance, products=None):
+        calls.append((tuple(source.shape[-2:]), tuple(guidance.shape), products is not None))
+        return original(stage, source, guidance, products)
 
     monkeypatch.setattr(JBUStage, 'forward', spy)
     out = head(_levels(size=64))
     assert out.shape == (2, 5, 64, 64)
-    # c2 -> c1; c3 -> c2 -> c1; c4 -> c3 -> c2 -> c1, each guided by a 16-channel projection
-    assert calls == [((32, 32), (2, 16, 64, 64)), ((16, 16), (2, 16, 32, 32)),
-                     ((32, 32), (2, 16, 64, 64)), ((8, 8), (2, 16, 16, 16)),
-                     ((16, 16), (2, 16, 32, 32)), ((32, 32), (2, 16, 64, 64))]
+    # c2 -> c1; c3 -> c2 -> c1; c4 -> c3 -> c2 -> c1, each guided by a 16-channel projection;
+    # the stages sharing a guidance (c1's three, c2's two) are given its projections
+    assert calls == [((32, 32), (2, 16, 64, 64), True), ((16, 16), (2, 16, 32, 32), True),
+                     ((32, 32), (2, 16, 64, 64), True), ((8, 8), (2, 16, 16, 16), False),
+                     ((16, 16), (2, 16, 32, 32), True), ((32, 32), (2, 16, 64, 64), True)]
 
 
 @pytest.mark.parametrize('range_kernel', ['softmax', 'no_mlp', 'gaussian_euclidean',

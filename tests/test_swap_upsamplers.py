@@ -108,9 +108,9 @@ class _StageSpy:
         self.calls = []
         original = JBUStage.forward
 
-        def forward(stage, source, guidance):
+        def forward(stage, source, guidance, products=None):
             self.calls.append((tuple(source.shape[-2:]), guidance))
-            return original(stage, source, guidance)
+            return original(stage, source, guidance, products)
 
         monkeypatch.setattr(JBUStage, 'forward', forward)
 

@@ -18,6 +18,14 @@ first step above the built model and inputs (on CPU of the process's peak reside
 VmHWM; on CUDA of torch.cuda.max_memory_allocated), as in tools/benchmark_ops.py; the
 time is the median of the following steps (on CUDA after warm-up steps, synchronized).
 
+On CPU the resident set also counts what glibc's heap keeps of freed tensors (below its
+mmap threshold, up to 32 MiB, freed blocks stay resident and fragment), which moves with
+the order and sizes of allocations rather than with what a step needs. So a CPU run also
+reports the peak of live tensors, like CUDA's max_memory_allocated: one more process per
+case and implementation, its first step with glibc told to map every block of 64 KiB or
+more on its own (MALLOC_MMAP_THRESHOLD_), so that a freed tensor leaves the resident set
+at once. On CUDA the live peak is the peak.
+
     python tools/benchmark_jbu_head.py                  # CPU, the issue's sizes
     python tools/benchmark_jbu_head.py --device cuda    # the same on the GPU
     python tools/benchmark_jbu_head.py --quick          # small sizes, a smoke test
@@ -38,6 +46,8 @@ IMPLS = {'model': ('bilinear', 'jbu-before', 'jbu'), 'head': ('bilinear', 'jbu-b
          'stack': ('jbu-before', 'jbu')}
 # untimed steps before the timed ones on CUDA (allocator caching, cuDNN/cuBLAS choices)
 CUDA_WARMUP_STEPS = 3
+# glibc's settings for the CPU live-tensor measurement (see the module docstring)
+LIVE_TENSORS_ENV = {'MALLOC_MMAP_THRESHOLD_': str(64 * 1024)}
 # (image size, batch) of the model and head cases; (C, input size, batch) of the stack
 FULL = {'image': 512, 'batch': 2, 'stack': (384, 14, 1)}
 QUICK = {'image': 64, 'batch': 1, 'stack': (16, 7, 1)}
@@ -122,19 +132,21 @@ def make_step(case, impl, sizes, device):
 
 def measure(case, impl, sizes, steps, device):
     """{'s': median seconds of ``steps`` steps after the first (and, on CUDA, after
-    warm-up steps), 'peak_mib': the first's}."""
+    warm-up steps), 'peak_mib': the first's}; with ``steps`` 0 only the peak."""
     from benchmark_ops import peak_extra_mib, time_ms
     step = make_step(case, impl, sizes, device)
     peak_mib = peak_extra_mib(device, step)
+    if steps == 0:
+        return {'peak_mib': peak_mib}
     for _ in range(CUDA_WARMUP_STEPS if device == 'cuda' else 0):
         step()
     times = [time_ms(device, step) / 1e3 for _ in range(steps)]
     return {'s': statistics.median(times), 'peak_mib': peak_mib}
 
 
-def measure_in_fresh_process(case, impl, sizes, steps, device, tree):
+def measure_in_fresh_process(case, impl, sizes, steps, device, tree, extra_env=None):
     """measure() in a new interpreter that imports featup_mmseg from ``tree``."""
-    env = {**os.environ, 'PYTHONPATH': os.pathsep.join(
+    env = {**os.environ, **(extra_env or {}), 'PYTHONPATH': os.pathsep.join(
         [str(tree), str(ROOT / 'tools'), os.environ.get('PYTHONPATH', '')])}
     request = json.dumps(dict(case=case, impl=impl, sizes=sizes, steps=steps, device=device,
                               tree=str(tree)))
@@ -196,34 +208,46 @@ def main():
           f'{sizes["batch"]}; stack: C, side, batch = {sizes["stack"]}, x16; '
           f'{repeats} repeats interleaved, {steps} timed steps each; jbu-before: {before}')
     print(f'{"case":<7}{"impl":<12}{"median s":>10}{"min s":>8}{"max s":>8}'
-          f'{"peak MiB":>10}{"min":>8}{"max":>8}')
+          f'{"peak MiB":>10}{"min":>8}{"max":>8}{"live MiB":>10}')
     results = {}
     for case in cases:
         runs = {impl: [] for impl in IMPLS[case]}
+        live = {}
         for _ in range(repeats):
             for impl in IMPLS[case]:  # interleaved: load on the machine hits all alike
                 tree = before if impl == 'jbu-before' else ROOT
                 runs[impl].append(measure_in_fresh_process(case, impl, sizes, steps,
                                                            args.device, tree))
+        for impl in IMPLS[case]:
+            tree = before if impl == 'jbu-before' else ROOT
+            live[impl] = runs[impl][0]['peak_mib'] if args.device == 'cuda' else \
+                measure_in_fresh_process(case, impl, sizes, 0, args.device, tree,
+                                         LIVE_TENSORS_ENV)['peak_mib']
         for impl, rows in runs.items():
             secs, mibs = [r['s'] for r in rows], [r['peak_mib'] for r in rows]
-            results[case, impl] = (statistics.median(secs), statistics.median(mibs))
+            results[case, impl] = (statistics.median(secs), statistics.median(mibs),
+                                   live[impl])
             print(f'{case:<7}{impl:<12}{statistics.median(secs):>10.3f}{min(secs):>8.3f}'
                   f'{max(secs):>8.3f}{statistics.median(mibs):>10.0f}{min(mibs):>8.0f}'
-                  f'{max(mibs):>8.0f}', flush=True)
+                  f'{max(mibs):>8.0f}{live[impl]:>10.0f}', flush=True)
     from benchmark_ops import memory_ratio
-    print('ratios (of medians): time, peak memory (\'-\' where the reference\'s peak is too '
-          'small to resolve)')
+
+    def ratios(time, ours, reference):
+        """time's ratio, then ours / reference's peak and live memory."""
+        return (f'{time:6.2f}x {memory_ratio(ours[1], reference[1], digits=2):>7} '
+                f'{memory_ratio(ours[2], reference[2], digits=2):>7}')
+
+    print('ratios (of medians): time, peak memory, peak of live tensors (\'-\' where the '
+          'reference\'s peak is too small to resolve)')
     for case in cases:
-        jbu_s, jbu_mib = results[case, 'jbu']
-        before_s, before_mib = results[case, 'jbu-before']
+        jbu, before = results[case, 'jbu'], results[case, 'jbu-before']
         if 'bilinear' in IMPLS[case]:
-            bil_s, bil_mib = results[case, 'bilinear']
-            print(f'{case:<7}jbu / bilinear         {jbu_s / bil_s:6.2f}x '
-                  f'{memory_ratio(jbu_mib, bil_mib, digits=2):>7}   (before issue 13: '
-                  f'{before_s / bil_s:.2f}x {memory_ratio(before_mib, bil_mib, digits=2)})')
-        print(f'{case:<7}speed-up over before    {before_s / jbu_s:6.2f}x '
-              f'{memory_ratio(jbu_mib, before_mib, digits=2):>7} of its memory')
+            bilinear = results[case, 'bilinear']
+            print(f'{case:<7}jbu / bilinear         '
+                  f'{ratios(jbu[0] / bilinear[0], jbu, bilinear)}   (before issue 13: '
+                  f'{ratios(before[0] / bilinear[0], before, bilinear).strip()})')
+        print(f'{case:<7}speed-up over before    {ratios(before[0] / jbu[0], jbu, before)} '
+              'of its memory')
 
 if __name__ == '__main__':
     main()

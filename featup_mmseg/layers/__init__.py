@@ -8,7 +8,7 @@ from .featup_checkpoint import (FeatUpWeights, build_featup_upsampler, has_chann
 from .implicit_field import (ImplicitFeatureField, ImplicitFeatures, ImplicitFitConfig,
                              fit_implicit_features)
 from .jbu_stack import JBUStack, stage_sizes
-from .jbu_stage import RANGE_KERNELS, JBUStage
+from .jbu_stage import RANGE_KERNELS, JBUStage, jbu_guidance_products
 from .multiview import (Jitter, ReconstructionCriterion, multiview_reconstruction_loss,
                         sample_jitter)
 
@@ -16,7 +16,8 @@ __all__ = [
     'AttentionDownsampler', 'ChannelNorm', 'FeatUpWeights', 'JBUStack', 'JBUStage', 'Jitter',
     'ImplicitFeatureField', 'ImplicitFeatures', 'ImplicitFitConfig', 'fit_implicit_features',
     'RANGE_KERNELS', 'ReconstructionCriterion', 'SimpleDownsampler', 'build_downsampler',
-    'build_featup_upsampler', 'has_channel_norm', 'load_state_dict_strict',
+    'build_featup_upsampler', 'has_channel_norm', 'jbu_guidance_products',
+    'load_state_dict_strict',
     'multiview_reconstruction_loss', 'read_state_dict', 'sample_jitter',
     'split_featup_state_dict', 'stage_sizes'
 ]

@@ -1,5 +1,6 @@
 """One learned joint bilateral upsampling stage (FeatUp's JBULearnedRange, spec section 2)."""
-from typing import Optional
+import math
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -168,10 +169,13 @@ class JBUStage(nn.Module):
 
     def spatial_kernel(self) -> torch.Tensor:
         """(1, k*k, 1, 1) Gaussian of the tap offsets, normalised to [-1, 1]."""
+        return torch.exp(self._spatial_exponent())
+
+    def _spatial_exponent(self) -> torch.Tensor:
         offsets = torch.linspace(-1, 1, self.kernel_size, device=self.sigma_spatial.device,
                                  dtype=self.sigma_spatial.dtype)
         squared = offsets[:, None].square() + offsets[None, :].square()
-        return torch.exp(-squared / (2 * self.sigma_spatial**2)).reshape(1, -1, 1, 1)
+        return (-squared / (2 * self.sigma_spatial**2)).reshape(1, -1, 1, 1)
 
     def range_kernel(self, guidance: torch.Tensor,
                      first_layer: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -180,21 +184,9 @@ class JBUStage(nn.Module):
         ``first_layer``: range_proj's first 1x1 layer applied to the guidance, where the
         caller has it already.
         """
-        if self.range_kernel_type == 'no_mlp':
-            keys = guidance
-        else:
-            first, gelu, dropout, last = self.range_proj
-            if first_layer is None:
-                first_layer = conv1x1(guidance, first.weight, first.bias)
-            keys = conv1x1(dropout(gelu(first_layer)), last.weight, last.bias)
-        if keys.dtype in (torch.float16, torch.bfloat16):
-            # Under mixed precision: similarities feed a sharp softmax or exponential, and
-            # the keys have few channels, so compare them in float32.
-            keys = keys.float()
         if self.range_kernel_type in ('softmax', 'no_mlp'):
-            temperature = self.range_temp.exp().clamp(1e-4, 1e4)
-            logits = window_correlation(keys, self.kernel_size, PADDING_MODE)
-            return F.softmax(temperature * logits, dim=1)
+            return F.softmax(self._range_logits(guidance, first_layer), dim=1)
+        keys = self._range_keys(guidance, first_layer)
         if self.range_kernel_type == 'gaussian_cosine':
             cosine = window_correlation(F.normalize(keys, dim=1), self.kernel_size, PADDING_MODE)
             distance = 1 - cosine
@@ -205,29 +197,98 @@ class JBUStage(nn.Module):
             distance = (norms + window_norms - 2 * dots).clamp_min(0)
         return torch.exp(-distance / (2 * self.sigma_range**2))
 
-    def kernel(self, guidance: torch.Tensor) -> torch.Tensor:
-        """(B, k*k, H, W) per-pixel upsampling kernel: steps 1-6 of the spec."""
+    def _range_keys(self, guidance: torch.Tensor,
+                    first_layer: Optional[torch.Tensor]) -> torch.Tensor:
+        """The range kernel's keys Q, in float32 at least: under mixed precision the
+        similarities feed a sharp softmax or exponential, and the keys have few channels."""
+        if self.range_kernel_type == 'no_mlp':
+            keys = guidance
+        else:
+            first, gelu, dropout, last = self.range_proj
+            if first_layer is None:
+                first_layer = conv1x1(guidance, first.weight, first.bias)
+            keys = conv1x1(dropout(gelu(first_layer)), last.weight, last.bias)
+        return keys.float() if keys.dtype in (torch.float16, torch.bfloat16) else keys
+
+    def _range_logits(self, guidance: torch.Tensor,
+                      first_layer: Optional[torch.Tensor]) -> torch.Tensor:
+        """The softmax range kernels' logits: temperature * <Q_c, Q_p>."""
+        temperature = self.range_temp.exp().clamp(1e-4, 1e4)
+        keys = self._range_keys(guidance, first_layer)
+        return temperature * window_correlation(keys, self.kernel_size, PADDING_MODE)
+
+    def _normalised_kernel(self, guidance: torch.Tensor,
+                           first_layer: Optional[torch.Tensor]) -> torch.Tensor:
+        """Steps 2-4 of the spec up to the fixup: range * spatial, over its sum (clamped)."""
+        if self.range_kernel_type in ('softmax', 'no_mlp') and self._spatial_fold_exact():
+            # softmax(x) * s / sum(softmax(x) * s) = softmax(x + log s): one softmax in
+            # place of a product, a sum and a division, and their gradients. Exact up to
+            # round-off where the sum's clamp is inactive, which holds for any input once
+            # min(s) > 1e-7: the sum is at least min(s) (the softmax sums to 1).
+            logits = self._range_logits(guidance, first_layer)
+            return F.softmax(logits + self._spatial_exponent().to(logits.dtype), dim=1)
+        combined = self.range_kernel(guidance, first_layer) * self.spatial_kernel()
+        return combined / combined.sum(1, keepdim=True).clamp(min=1e-7)
+
+    def _spatial_fold_exact(self) -> bool:
+        """Whether the spatial kernel's smallest tap, exp(-1 / sigma_spatial^2) at the
+        window's corners, clears the normalisation's 1e-7 clamp (by 10x, for round-off).
+        On CPU only: elsewhere reading the parameter would wait for the device, and break
+        a compiled graph."""
+        if self.sigma_spatial.device.type != 'cpu' or _compiling():
+            return False
+        return float(self.sigma_spatial.detach())**2 * math.log(1e6) > 1
+
+    def guidance_projection(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(weight (n, Cg), bias (n, )) of the 1x1 layers that read the guidance itself:
+        range_proj's first layer (none for 'no_mlp') and the guidance's part of
+        fixup_proj's first layer, stacked in that order."""
         # fixup_proj(cat([K, G])) without the concatenation (a copy of G stored for the
         # backward): its first 1x1 conv splits over the kernel's and the guidance's
         # channels. The guidance's part and range_proj's first layer are one product:
         # one pass over the guidance, and one (B, Cg, H, W) gradient for it instead of
         # three (two and their sum).
-        first, gelu, dropout, last = self.fixup_proj
+        first = self.fixup_proj[0]
         taps = self.kernel_size**2
         weights, biases = [first.weight[:, taps:].reshape(taps, -1)], [first.bias]
         if self.range_kernel_type != 'no_mlp':
             weights.insert(0, self.range_proj[0].weight.flatten(1))
             biases.insert(0, self.range_proj[0].bias)
-        products = conv1x1(guidance, torch.cat(weights), torch.cat(biases))
-        range_first_layer = products[:, :-taps] if len(weights) == 2 else None
-        combined = self.range_kernel(guidance, range_first_layer) * self.spatial_kernel()
-        combined = combined / combined.sum(1, keepdim=True).clamp(min=1e-7)
+        return torch.cat(weights), torch.cat(biases)
+
+    def kernel(self, guidance: torch.Tensor,
+               products: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """(B, k*k, H, W) per-pixel upsampling kernel: steps 1-6 of the spec.
+
+        ``products``: the guidance through :meth:`guidance_projection`, where the caller
+        has it already (:func:`jbu_guidance_products`).
+        """
+        first, gelu, dropout, last = self.fixup_proj
+        taps = self.kernel_size**2
+        if products is None:
+            products = conv1x1(guidance, *self.guidance_projection())
+        range_first_layer = products[:, :-taps] if self.range_kernel_type != 'no_mlp' else None
+        combined = self._normalised_kernel(guidance, range_first_layer)
         hidden = conv1x1(combined, first.weight[:, :taps]) + products[:, -taps:]
         return combined + 0.1 * conv1x1(dropout(gelu(hidden)), last.weight, last.bias)
 
-    def forward(self, source: torch.Tensor, guidance: torch.Tensor) -> torch.Tensor:
+    def forward(self, source: torch.Tensor, guidance: torch.Tensor,
+                products: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``source`` upsampled to the guidance's size.
+
+        ``products``: the guidance through :meth:`guidance_projection`, where the caller
+        has it already (:func:`jbu_guidance_products`); then it is not recomputed in the
+        backward either.
+        """
         self._check_inputs(source, guidance)
-        # Not while compiling, where the compiler chooses what to store.
+        if products is not None:
+            taps = self.kernel_size**2
+            keys = 0 if self.range_kernel_type == 'no_mlp' else self.range_proj[0].out_channels
+            expected = (guidance.shape[0], keys + taps, *guidance.shape[-2:])
+            if products.shape != expected:
+                raise ValueError(f'JBUStage: products must be (B, n, H, W) = {expected} (the '
+                                 'guidance through guidance_projection()), got '
+                                 f'{tuple(products.shape)}')
         training = torch.is_grad_enabled() and not _compiling()
         if training and guidance.device.type == 'cpu':
             # The kernel's intermediates, a dozen (B, k*k, H, W) and (B, key_dim, H, W)
@@ -235,11 +296,12 @@ class JBUStage(nn.Module):
             # and elementwise steps, for about 200 MiB less peak memory in a SegFormer-B1
             # JBU head step (512 x 512, batch 2). Not on a GPU: there the recomputation's
             # launches and bookkeeping cost more than its arithmetic (H100, that head's six
-            # stages: 30 ms stored, 53 ms recomputed). The dropout masks are redrawn
-            # identically (the RNG state is restored).
-            kernel = checkpoint(self.kernel, guidance, use_reentrant=False)
+            # stages: 30 ms stored, 53 ms recomputed). Not while compiling, where the
+            # compiler chooses what to store. The dropout masks are redrawn identically
+            # (the RNG state is restored).
+            kernel = checkpoint(self.kernel, guidance, products, use_reentrant=False)
         else:
-            kernel = self.kernel(guidance)
+            kernel = self.kernel(guidance, products)
         if training and (source.requires_grad or kernel.requires_grad) \
                 and not autocast_enabled(source.device.type):
             # Resize and aggregate a few channels at a time: the resized features, the
@@ -255,12 +317,18 @@ class JBUStage(nn.Module):
         if source.dim() != 4 or guidance.dim() != 4:
             raise ValueError('JBUStage: source and guidance must be 4-D (B, C, H, W), got '
                              f'{tuple(source.shape)} and {tuple(guidance.shape)}')
-        if guidance.shape[1] != self.guidance_dim:
-            raise ValueError(f'JBUStage: guidance must have guidance_dim={self.guidance_dim} '
-                             f'channels, got shape {tuple(guidance.shape)}')
+        self._check_guidance(guidance)
         if source.shape[0] != guidance.shape[0]:
             raise ValueError(f'JBUStage: source batch {source.shape[0]} != guidance batch '
                              f'{guidance.shape[0]}')
+
+    def _check_guidance(self, guidance: torch.Tensor) -> None:
+        if guidance.dim() != 4:
+            raise ValueError('JBUStage: guidance must be 4-D (B, C, H, W), got '
+                             f'{tuple(guidance.shape)}')
+        if guidance.shape[1] != self.guidance_dim:
+            raise ValueError(f'JBUStage: guidance must have guidance_dim={self.guidance_dim} '
+                             f'channels, got shape {tuple(guidance.shape)}')
         if min(guidance.shape[-2:]) < self.min_guidance_size:
             size = self.min_guidance_size
             raise ValueError(
@@ -269,3 +337,21 @@ class JBUStage(nn.Module):
                 f'the radius in both dimensions), got {tuple(guidance.shape[-2:])}; upsample '
                 'to a larger size or use a smaller radius')
 
+
+def jbu_guidance_products(stages: Sequence[JBUStage],
+                          guidance: torch.Tensor) -> List[torch.Tensor]:
+    """Each of ``stages``' :meth:`JBUStage.guidance_projection` of ``guidance``, as one
+    matrix product; pass each to its stage's forward.
+
+    A SegFormer head's three stages that end at the finest level share its
+    (B, 256, 128, 128) guidance: one pass over it forward, and in the backward one
+    gradient for it instead of one per stage and their sum. Computed outside the stages'
+    recomputation (a third of the guidance's size at 256 channels), so not twice.
+    """
+    for stage in stages:
+        stage._check_guidance(guidance)
+    projections = [stage.guidance_projection() for stage in stages]
+    weights = [weight for weight, _ in projections]
+    products = conv1x1(guidance, torch.cat(weights),
+                       torch.cat([bias for _, bias in projections]))
+    return list(products.split([len(weight) for weight in weights], dim=1))

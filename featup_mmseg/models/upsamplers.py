@@ -25,7 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from mmseg.registry import MODELS
 
-from ..layers import JBUStage, feature_upsamplers
+from ..layers import JBUStage, feature_upsamplers, jbu_guidance_products
 
 MODELS.register_module(module=JBUStage)
 for _name in feature_upsamplers.__all__:
@@ -119,12 +119,24 @@ def level_stage_guides(stages: nn.ModuleList):
 
 def climb_levels(stages: nn.ModuleList, maps: Sequence[torch.Tensor]) -> List[torch.Tensor]:
     """Levels 1..N-1 of ``maps`` brought to level 0's grid by :func:`build_level_stages`'
-    stages, each step guided by the map of the level it reaches."""
+    stages, each step guided by the map of the level it reaches.
+
+    The JBU stages guided by one level project its map together
+    (:func:`jbu_guidance_products`) before climbing.
+    """
+    guides = list(level_stage_guides(stages))
+    products = {}
+    for target in range(len(maps)):
+        guided = [stage for _, steps in guides for guiding, stage in steps
+                  if guiding == target and isinstance(stage, JBUStage)]
+        if len(guided) > 1:
+            products.update(zip(map(id, guided), jbu_guidance_products(guided, maps[target])))
     outs = []
-    for level, steps in level_stage_guides(stages):
+    for level, steps in guides:
         x = maps[level]
         for target, stage in steps:
-            x = stage(x, maps[target])
+            x = stage(x, maps[target], products=products[id(stage)]) \
+                if id(stage) in products else stage(x, maps[target])
         outs.append(x)
     return outs
 
