@@ -1,5 +1,4 @@
 """One learned joint bilateral upsampling stage (FeatUp's JBULearnedRange, spec section 2)."""
-import math
 from typing import List, Optional, Sequence, Tuple
 
 import torch
@@ -169,13 +168,10 @@ class JBUStage(nn.Module):
 
     def spatial_kernel(self) -> torch.Tensor:
         """(1, k*k, 1, 1) Gaussian of the tap offsets, normalised to [-1, 1]."""
-        return torch.exp(self._spatial_exponent())
-
-    def _spatial_exponent(self) -> torch.Tensor:
         offsets = torch.linspace(-1, 1, self.kernel_size, device=self.sigma_spatial.device,
                                  dtype=self.sigma_spatial.dtype)
         squared = offsets[:, None].square() + offsets[None, :].square()
-        return (-squared / (2 * self.sigma_spatial**2)).reshape(1, -1, 1, 1)
+        return torch.exp(-squared / (2 * self.sigma_spatial**2)).reshape(1, -1, 1, 1)
 
     def range_kernel(self, guidance: torch.Tensor,
                      first_layer: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -184,9 +180,21 @@ class JBUStage(nn.Module):
         ``first_layer``: range_proj's first 1x1 layer applied to the guidance, where the
         caller has it already.
         """
+        if self.range_kernel_type == 'no_mlp':
+            keys = guidance
+        else:
+            first, gelu, dropout, last = self.range_proj
+            if first_layer is None:
+                first_layer = conv1x1(guidance, first.weight, first.bias)
+            keys = conv1x1(dropout(gelu(first_layer)), last.weight, last.bias)
+        if keys.dtype in (torch.float16, torch.bfloat16):
+            # Under mixed precision: similarities feed a sharp softmax or exponential, and
+            # the keys have few channels, so compare them in float32.
+            keys = keys.float()
         if self.range_kernel_type in ('softmax', 'no_mlp'):
-            return F.softmax(self._range_logits(guidance, first_layer), dim=1)
-        keys = self._range_keys(guidance, first_layer)
+            temperature = self.range_temp.exp().clamp(1e-4, 1e4)
+            logits = window_correlation(keys, self.kernel_size, PADDING_MODE)
+            return F.softmax(temperature * logits, dim=1)
         if self.range_kernel_type == 'gaussian_cosine':
             cosine = window_correlation(F.normalize(keys, dim=1), self.kernel_size, PADDING_MODE)
             distance = 1 - cosine
@@ -196,48 +204,6 @@ class JBUStage(nn.Module):
             dots = window_correlation(keys, self.kernel_size, PADDING_MODE)
             distance = (norms + window_norms - 2 * dots).clamp_min(0)
         return torch.exp(-distance / (2 * self.sigma_range**2))
-
-    def _range_keys(self, guidance: torch.Tensor,
-                    first_layer: Optional[torch.Tensor]) -> torch.Tensor:
-        """The range kernel's keys Q, in float32 at least: under mixed precision the
-        similarities feed a sharp softmax or exponential, and the keys have few channels."""
-        if self.range_kernel_type == 'no_mlp':
-            keys = guidance
-        else:
-            first, gelu, dropout, last = self.range_proj
-            if first_layer is None:
-                first_layer = conv1x1(guidance, first.weight, first.bias)
-            keys = conv1x1(dropout(gelu(first_layer)), last.weight, last.bias)
-        return keys.float() if keys.dtype in (torch.float16, torch.bfloat16) else keys
-
-    def _range_logits(self, guidance: torch.Tensor,
-                      first_layer: Optional[torch.Tensor]) -> torch.Tensor:
-        """The softmax range kernels' logits: temperature * <Q_c, Q_p>."""
-        temperature = self.range_temp.exp().clamp(1e-4, 1e4)
-        keys = self._range_keys(guidance, first_layer)
-        return temperature * window_correlation(keys, self.kernel_size, PADDING_MODE)
-
-    def _normalised_kernel(self, guidance: torch.Tensor,
-                           first_layer: Optional[torch.Tensor]) -> torch.Tensor:
-        """Steps 2-4 of the spec up to the fixup: range * spatial, over its sum (clamped)."""
-        if self.range_kernel_type in ('softmax', 'no_mlp') and self._spatial_fold_exact():
-            # softmax(x) * s / sum(softmax(x) * s) = softmax(x + log s): one softmax in
-            # place of a product, a sum and a division, and their gradients. Exact up to
-            # round-off where the sum's clamp is inactive, which holds for any input once
-            # min(s) > 1e-7: the sum is at least min(s) (the softmax sums to 1).
-            logits = self._range_logits(guidance, first_layer)
-            return F.softmax(logits + self._spatial_exponent().to(logits.dtype), dim=1)
-        combined = self.range_kernel(guidance, first_layer) * self.spatial_kernel()
-        return combined / combined.sum(1, keepdim=True).clamp(min=1e-7)
-
-    def _spatial_fold_exact(self) -> bool:
-        """Whether the spatial kernel's smallest tap, exp(-1 / sigma_spatial^2) at the
-        window's corners, clears the normalisation's 1e-7 clamp (by 10x, for round-off).
-        On CPU only: elsewhere reading the parameter would wait for the device, and break
-        a compiled graph."""
-        if self.sigma_spatial.device.type != 'cpu' or _compiling():
-            return False
-        return float(self.sigma_spatial.detach())**2 * math.log(1e6) > 1
 
     def guidance_projection(self) -> Tuple[torch.Tensor, torch.Tensor]:
         """(weight (n, Cg), bias (n, )) of the 1x1 layers that read the guidance itself:
@@ -268,7 +234,8 @@ class JBUStage(nn.Module):
         if products is None:
             products = conv1x1(guidance, *self.guidance_projection())
         range_first_layer = products[:, :-taps] if self.range_kernel_type != 'no_mlp' else None
-        combined = self._normalised_kernel(guidance, range_first_layer)
+        combined = self.range_kernel(guidance, range_first_layer) * self.spatial_kernel()
+        combined = combined / combined.sum(1, keepdim=True).clamp(min=1e-7)
         hidden = conv1x1(combined, first.weight[:, :taps]) + products[:, -taps:]
         return combined + 0.1 * conv1x1(dropout(gelu(hidden)), last.weight, last.bias)
 
