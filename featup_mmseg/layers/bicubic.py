@@ -142,7 +142,9 @@ class _ResizedAdaptiveConv(torch.autograd.Function):
         grad_source = torch.empty_like(source) if needs_source else None
         grad_kernel = None
         for chunk in _chunks(source.shape[1], ctx.channels_per_chunk):
-            grad_chunk = grad[:, chunk]
+            # contiguous once here, not in each of the two ops (a channel slice of a batch
+            # larger than 1 is strided)
+            grad_chunk = grad[:, chunk].contiguous()
             if needs_kernel:
                 resized = _resize(source[:, chunk], rows, columns)
                 part = window_cross_correlation(grad_chunk, resized, kernel_size, mode)
