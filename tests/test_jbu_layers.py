@@ -469,19 +469,25 @@ def test_stack_trains_like_the_spec_with_dropout():
 def test_stage_gradients_match_spec_for_every_range_kernel(range_kernel):
     """Gradients of source, guidance and every parameter through the split fixup MLP, the
     1x1 products and the separable resize, at a non-x2 odd size."""
-    stage = _randomise(JBUStage(guidance_dim=5, key_dim=4, radius=2,
-                                range_kernel=range_kernel).double()).eval()
+    _assert_stage_matches_spec(_randomise(JBUStage(
+        guidance_dim=5, key_dim=4, radius=2, range_kernel=range_kernel).double()).eval())
+
+
+def _assert_stage_matches_spec(stage):
+    """A radius-2 stage's output and gradients (of source, guidance and every parameter)
+    equal the spec's, at a non-x2 odd size; returns the guidance used."""
     source = torch.randn(2, 3, 5, 7, dtype=torch.float64, requires_grad=True)
     guidance = torch.randn(2, 5, 11, 9, dtype=torch.float64, requires_grad=True)
     params = dict(stage.named_parameters())
     inputs = [source, guidance, *params.values()]
     out = stage(source, guidance)
-    expected = spec_stage(params, source, guidance, 2, range_kernel)
+    expected = spec_stage(params, source, guidance, 2, stage.range_kernel_type)
     torch.testing.assert_close(out, expected, rtol=0, atol=1e-10)
     grad = torch.randn_like(out)
     for g, w in zip(torch.autograd.grad(out, inputs, grad),
                     torch.autograd.grad(expected, inputs, grad)):
         torch.testing.assert_close(g, w, rtol=0, atol=1e-10)
+    return guidance
 
 
 def test_stages_sharing_a_guidance_project_it_together_like_the_spec():
@@ -535,17 +541,7 @@ def test_softmax_kernels_normalise_like_the_spec_with_and_without_the_clamp(
     with torch.no_grad():
         stage.sigma_spatial.fill_(sigma_spatial)
         stage.range_temp.fill_(math.log(200.0))
-    source = torch.randn(2, 3, 5, 7, dtype=torch.float64, requires_grad=True)
-    guidance = torch.randn(2, 5, 11, 9, dtype=torch.float64, requires_grad=True)
-    params = dict(stage.named_parameters())
-    inputs = [source, guidance, *params.values()]
-    out = stage(source, guidance)
-    expected = spec_stage(params, source, guidance, 2, range_kernel)
-    torch.testing.assert_close(out, expected, rtol=0, atol=1e-10)
-    grad = torch.randn_like(out)
-    for g, w in zip(torch.autograd.grad(out, inputs, grad),
-                    torch.autograd.grad(expected, inputs, grad)):
-        torch.testing.assert_close(g, w, rtol=0, atol=1e-10)
+    guidance = _assert_stage_matches_spec(stage)
     if sigma_spatial == 0.12:
         with torch.no_grad():
             combined = stage.range_kernel(guidance) * stage.spatial_kernel()

@@ -210,18 +210,18 @@ def main():
     print(f'{"case":<7}{"impl":<12}{"median s":>10}{"min s":>8}{"max s":>8}'
           f'{"peak MiB":>10}{"min":>8}{"max":>8}{"live MiB":>10}')
     results = {}
+    trees = {impl: before if impl == 'jbu-before' else ROOT
+             for impls in IMPLS.values() for impl in impls}
     for case in cases:
         runs = {impl: [] for impl in IMPLS[case]}
         live = {}
         for _ in range(repeats):
             for impl in IMPLS[case]:  # interleaved: load on the machine hits all alike
-                tree = before if impl == 'jbu-before' else ROOT
                 runs[impl].append(measure_in_fresh_process(case, impl, sizes, steps,
-                                                           args.device, tree))
+                                                           args.device, trees[impl]))
         for impl in IMPLS[case]:
-            tree = before if impl == 'jbu-before' else ROOT
             live[impl] = runs[impl][0]['peak_mib'] if args.device == 'cuda' else \
-                measure_in_fresh_process(case, impl, sizes, 0, args.device, tree,
+                measure_in_fresh_process(case, impl, sizes, 0, args.device, trees[impl],
                                          LIVE_TENSORS_ENV)['peak_mib']
         for impl, rows in runs.items():
             secs, mibs = [r['s'] for r in rows], [r['peak_mib'] for r in rows]
