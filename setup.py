@@ -51,7 +51,8 @@ def make_extension():
     import torch
     from torch.utils.cpp_extension import CUDA_HOME, CppExtension, CUDAExtension
 
-    sources = ['csrc/bindings.cpp', 'csrc/window_ops.cpp', 'csrc/cpu/window_ops_cpu.cpp']
+    sources = ['csrc/bindings.cpp', 'csrc/window_ops.cpp', 'csrc/cpu/window_ops_cpu.cpp',
+               'csrc/bicubic_resize.cpp', 'csrc/cpu/bicubic_resize_cpu.cpp']
     # -fopenmp: at::parallel_for only runs in parallel when the caller is built with OpenMP.
     extra_compile_args = {'cxx': ['-O3', '-fopenmp']}
     kwargs = dict(extra_link_args=['-fopenmp'], include_dirs=[os.path.abspath('csrc')])
@@ -63,7 +64,8 @@ def make_extension():
                                               if _toolkit_major(CUDA_HOME) >= 13
                                               else DEFAULT_CUDA_ARCH_LIST)
     extra_compile_args['nvcc'] = ['-O3', '-lineinfo']
-    return CUDAExtension('featup_mmseg._ext', sources + ['csrc/cuda/window_ops_cuda.cu'],
+    return CUDAExtension('featup_mmseg._ext', sources + ['csrc/cuda/window_ops_cuda.cu',
+                                                            'csrc/cuda/bicubic_resize_cuda.cu'],
                          define_macros=[('WITH_CUDA', None)],
                          extra_compile_args=extra_compile_args, **kwargs)
 

@@ -1,9 +1,10 @@
-// Registers the window ops with the PyTorch dispatcher (schemas, CPU and CUDA kernels)
+// Registers the window ops and the bicubic resize with the PyTorch dispatcher (schemas, CPU and CUDA kernels)
 // and makes featup_mmseg._ext an importable Python module. Fake (meta) kernels and
 // autograd formulas are registered from Python in featup_mmseg/ops/window_ops.py.
 #include <torch/extension.h>
 #include <torch/library.h>
 
+#include "bicubic_resize.h"
 #include "window_ops.h"
 
 TORCH_LIBRARY(featup_mmseg, m) {
@@ -16,19 +17,23 @@ TORCH_LIBRARY(featup_mmseg, m) {
   m.def(
       "adaptive_conv_backward_kernel(Tensor grad, Tensor features, int kernel_size,"
       " str padding_mode) -> Tensor");
+  m.def("bicubic_resize(Tensor x, int[2] size) -> Tensor");
+  m.def("bicubic_resize_backward(Tensor grad, int[2] input_size) -> Tensor");
 }
 
-#define FEATUP_REGISTER_WINDOW_OPS(m)                                                    \
+#define FEATUP_REGISTER_OPS(m)                                                    \
   m.impl("window_correlation", &featup_mmseg::window_correlation);                       \
   m.impl("window_correlation_backward", &featup_mmseg::window_correlation_backward);     \
   m.impl("adaptive_conv", &featup_mmseg::adaptive_conv);                                 \
   m.impl("adaptive_conv_backward_features", &featup_mmseg::adaptive_conv_backward_features); \
-  m.impl("adaptive_conv_backward_kernel", &featup_mmseg::adaptive_conv_backward_kernel)
+  m.impl("adaptive_conv_backward_kernel", &featup_mmseg::adaptive_conv_backward_kernel); \
+  m.impl("bicubic_resize", &featup_mmseg::bicubic_resize);                               \
+  m.impl("bicubic_resize_backward", &featup_mmseg::bicubic_resize_backward)
 
-TORCH_LIBRARY_IMPL(featup_mmseg, CPU, m) { FEATUP_REGISTER_WINDOW_OPS(m); }
+TORCH_LIBRARY_IMPL(featup_mmseg, CPU, m) { FEATUP_REGISTER_OPS(m); }
 
 #ifdef WITH_CUDA
-TORCH_LIBRARY_IMPL(featup_mmseg, CUDA, m) { FEATUP_REGISTER_WINDOW_OPS(m); }
+TORCH_LIBRARY_IMPL(featup_mmseg, CUDA, m) { FEATUP_REGISTER_OPS(m); }
 #endif
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {

@@ -22,7 +22,8 @@ def host_kernels(tmp_path_factory):
     library = tmp_path_factory.mktemp('host_kernels') / 'window_elements_host.so'
     subprocess.run([
         compiler, '-O1', '-shared', '-fPIC', '-std=c++17', f'-I{ROOT / "csrc"}',
-        str(ROOT / 'tests' / 'csrc' / 'window_elements_host.cpp'), '-o', str(library)
+        str(ROOT / 'tests' / 'csrc' / 'window_elements_host.cpp'),
+        str(ROOT / 'tests' / 'csrc' / 'bicubic_elements_host.cpp'), '-o', str(library)
     ], check=True)
     return ctypes.CDLL(str(library))
 
@@ -92,3 +93,22 @@ def _zero_padded_kernel(host_kernels, kernel, kernel_size, padding_mode, forward
         ctypes.c_int64(kernel.shape[3]), ctypes.c_int64(kernel_size // 2),
         ctypes.c_int(MODES[padding_mode]), ctypes.c_bool(forward), ctypes.c_bool(adjoint))
     return out
+
+
+@pytest.mark.parametrize('sizes', [((9, 13), (20, 31)), ((7, 7), (5, 3)), ((1, 1), (3, 2)),
+                                   ((14, 14), (224, 224)), ((32, 3), (5, 5))], ids=str)
+def test_bicubic_resize_element_math_matches_pytorch(host_kernels, sizes):
+    (in_height, in_width), (out_height, out_width) = sizes
+    x = torch.randn(2, 3, in_height, in_width, dtype=torch.float64, requires_grad=True)
+    grad = torch.randn(2, 3, out_height, out_width, dtype=torch.float64)
+    out = torch.nn.functional.interpolate(x, (out_height, out_width), mode='bicubic',
+                                          align_corners=False)
+    grad_x, = torch.autograd.grad(out, x, grad)
+    pointer, size = ctypes.c_void_p, ctypes.c_int64
+    for name, source, expected in [('bicubic_resize', x.detach(), out.detach()),
+                                   ('bicubic_resize_adjoint', grad, grad_x)]:
+        got = torch.empty_like(expected)
+        getattr(host_kernels, name)(pointer(source.data_ptr()), pointer(got.data_ptr()),
+                                    size(got.numel()), size(in_height), size(in_width),
+                                    size(out_height), size(out_width))
+        torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12, msg=name)

@@ -1,15 +1,19 @@
-"""Bicubic resizing as matrix products, alone and fused into the JBU's window aggregation.
+"""Bicubic resizing with a fast gradient, alone and fused into the JBU's window aggregation.
 
-Bicubic resizing (``align_corners=False``) is separable: resizing (B, C, h, w) to (H, W) is
+Where the compiled kernels serve the device, the resize and its adjoint are the compiled
+ops (:func:`featup_mmseg.ops.bicubic_resize`). Elsewhere they are matrix products: bicubic
+resizing (``align_corners=False``) is separable, resizing (B, C, h, w) to (H, W) is
 ``rows @ source @ columns^T`` with the (H, h) and (W, w) resize matrices of
-:func:`bicubic_matrix`. Both forms below give PyTorch's numbers up to round-off.
+:func:`bicubic_matrix`. All forms give PyTorch's numbers up to round-off.
 """
 import math
 
 import torch
 import torch.nn.functional as F
 
-from ..ops import adaptive_conv, adaptive_conv_transpose, window_cross_correlation
+from ..ops import (adaptive_conv, adaptive_conv_transpose, bicubic_resize_transpose,
+                   ext_available, window_cross_correlation)
+from ..ops import bicubic_resize as compiled_bicubic_resize
 
 # Largest resized chunk (bytes) of resized_adaptive_conv on CPU: small enough to stay in
 # the caches and in the allocator's reused memory, large enough that the per-chunk
@@ -24,20 +28,15 @@ ACCELERATOR_RESIZED_CHUNK_BYTES = 32 * 2**20
 def bicubic_resize(source: torch.Tensor, size) -> torch.Tensor:
     """``F.interpolate(source, size, mode='bicubic', align_corners=False)``.
 
-    When gradients flow to ``source``, computed as two products with the resize matrices
-    (:func:`separable_bicubic_resize`): the same numbers up to round-off, and far cheaper
-    than PyTorch's CPU bicubic backward (its scatter was 14 % of a SegFormer JBU head step).
-    Without gradients the plain resize runs, so inference, FLOP counts and exports see the
-    operator itself.
+    When gradients flow to ``source``, computed by the compiled op, or without it as two
+    products with the resize matrices (:func:`resize_matrices`): the same numbers
+    up to round-off, and far cheaper than PyTorch's CPU bicubic backward (its scatter was
+    14 % of a SegFormer JBU head step). Without gradients the plain resize runs, so
+    inference, FLOP counts and exports see the operator itself.
     """
     if not (torch.is_grad_enabled() and source.requires_grad):
         return F.interpolate(source, size, mode='bicubic', align_corners=False)
-    return separable_bicubic_resize(source, size)
-
-
-def separable_bicubic_resize(source: torch.Tensor, size) -> torch.Tensor:
-    """The bicubic resize as rows @ source @ columns^T (see :func:`bicubic_matrix`)."""
-    return _SeparableResize.apply(source, *resize_matrices(source, size))
+    return _Resizer(source, size).resize(source)
 
 
 def resize_matrices(source: torch.Tensor, size):
@@ -88,6 +87,27 @@ class _SeparableResize(torch.autograd.Function):
         return _resize(grad, rows.t(), columns.t()), None, None
 
 
+class _Resizer:
+    """The bicubic resize from source's size to ``size`` and its adjoint: the compiled ops
+    where they serve source's device, else products with the resize matrices."""
+
+    def __init__(self, source: torch.Tensor, size):
+        self.input_size, self.size = tuple(source.shape[-2:]), tuple(size)
+        self.matrices = None if ext_available(source.device) else resize_matrices(source, size)
+
+    def resize(self, x: torch.Tensor) -> torch.Tensor:
+        if self.matrices is None:
+            return compiled_bicubic_resize(x, self.size)
+        return _SeparableResize.apply(x, *self.matrices)
+
+    def adjoint(self, y: torch.Tensor) -> torch.Tensor:
+        """The resize's adjoint (its gradient), differentiable."""
+        if self.matrices is None:
+            return bicubic_resize_transpose(y, self.input_size)
+        rows, columns = self.matrices
+        return _resize(y, rows.t().to(y.dtype), columns.t().to(y.dtype))
+
+
 def resized_adaptive_conv(source: torch.Tensor, kernel: torch.Tensor,
                           padding_mode: str) -> torch.Tensor:
     """``adaptive_conv(bicubic(source to kernel's (H, W)), kernel, padding_mode)``, a few
@@ -111,32 +131,32 @@ def resized_adaptive_conv(source: torch.Tensor, kernel: torch.Tensor,
         raise ValueError('resized_adaptive_conv: source (B, C, h, w) and kernel (B, k*k, H, W) '
                          f'must be 4-D with the same batch, got {tuple(source.shape)} and '
                          f'{tuple(kernel.shape)}')
-    rows, columns = resize_matrices(source, kernel.shape[-2:])
+    resizer = _Resizer(source, kernel.shape[-2:])
     batch, _, height, width = kernel.shape
     chunk_bytes = max(batch * height * width * source.element_size(), 1)
     limit = RESIZED_CHUNK_BYTES if source.device.type == 'cpu' else \
         ACCELERATOR_RESIZED_CHUNK_BYTES
     channels_per_chunk = max(1, limit // chunk_bytes)
-    return _ResizedAdaptiveConv.apply(source, kernel, rows, columns, padding_mode,
-                                      channels_per_chunk)
+    return _ResizedAdaptiveConv.apply(source, kernel, resizer, padding_mode, channels_per_chunk)
 
 
 class _ResizedAdaptiveConv(torch.autograd.Function):
 
     @staticmethod
-    def forward(ctx, source, kernel, rows, columns, padding_mode, channels_per_chunk):
-        ctx.save_for_backward(source, kernel, rows, columns)
-        ctx.padding_mode, ctx.channels_per_chunk = padding_mode, channels_per_chunk
+    def forward(ctx, source, kernel, resizer, padding_mode, channels_per_chunk):
+        ctx.save_for_backward(source, kernel)
+        ctx.resizer, ctx.padding_mode = resizer, padding_mode
+        ctx.channels_per_chunk = channels_per_chunk
         batch, channels = source.shape[:2]
         out = source.new_empty((batch, channels, *kernel.shape[-2:]))
         for chunk in _chunks(channels, channels_per_chunk):
-            out[:, chunk] = adaptive_conv(_resize(source[:, chunk], rows, columns), kernel,
-                                          padding_mode)
+            out[:, chunk] = adaptive_conv(resizer.resize(source[:, chunk]), kernel, padding_mode)
         return out
 
     @staticmethod
     def backward(ctx, grad):
-        source, kernel, rows, columns = ctx.saved_tensors
+        source, kernel = ctx.saved_tensors
+        resizer = ctx.resizer
         needs_source, needs_kernel = ctx.needs_input_grad[:2]
         mode, kernel_size = ctx.padding_mode, math.isqrt(kernel.shape[1])
         grad_source = torch.empty_like(source) if needs_source else None
@@ -146,15 +166,15 @@ class _ResizedAdaptiveConv(torch.autograd.Function):
             # larger than 1 is strided)
             grad_chunk = grad[:, chunk].contiguous()
             if needs_kernel:
-                resized = _resize(source[:, chunk], rows, columns)
+                resized = resizer.resize(source[:, chunk])
                 part = window_cross_correlation(grad_chunk, resized, kernel_size, mode)
                 grad_kernel = part if grad_kernel is None else grad_kernel.add_(part)
             if needs_source:
-                grad_source[:, chunk] = _resize(adaptive_conv_transpose(grad_chunk, kernel, mode),
-                                                rows.t(), columns.t())
+                grad_source[:, chunk] = resizer.adjoint(
+                    adaptive_conv_transpose(grad_chunk, kernel, mode))
         if needs_kernel and grad_kernel is None:  # no channels
             grad_kernel = torch.zeros_like(kernel)
-        return grad_source, grad_kernel, None, None, None, None
+        return grad_source, grad_kernel, None, None, None
 
 
 def _chunks(channels: int, size: int):

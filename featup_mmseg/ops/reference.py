@@ -1,4 +1,4 @@
-"""Pure-PyTorch reference of the window ops (spec section 1).
+"""Pure-PyTorch reference of the window ops (spec section 1) and of the bicubic resize.
 
 Written the obvious way, with an explicit padded copy and ``F.unfold``: it is the test
 oracle for the compiled kernels and the fallback when ``featup_mmseg._ext`` is not built.
@@ -58,4 +58,18 @@ def adaptive_conv_transpose_reference(y: torch.Tensor, kernel: torch.Tensor,
     x = torch.zeros_like(y, requires_grad=True)
     with torch.enable_grad():
         out = adaptive_conv_reference(x, kernel, padding_mode)
+    return torch.autograd.grad(out, x, y, create_graph=torch.is_grad_enabled())[0]
+
+
+def bicubic_resize_reference(x: torch.Tensor, size) -> torch.Tensor:
+    """``F.interpolate(x, size, mode='bicubic', align_corners=False)``."""
+    return F.interpolate(x, tuple(size), mode='bicubic', align_corners=False)
+
+
+def bicubic_resize_transpose_reference(y: torch.Tensor, input_size) -> torch.Tensor:
+    """The adjoint of bicubic_resize_reference for an input of ``input_size`` (H, W): the
+    gradient of <bicubic_resize(x), y> in x, differentiable in y under grad mode."""
+    x = y.new_zeros((*y.shape[:2], *input_size), requires_grad=True)
+    with torch.enable_grad():
+        out = bicubic_resize_reference(x, y.shape[-2:])
     return torch.autograd.grad(out, x, y, create_graph=torch.is_grad_enabled())[0]

@@ -1,4 +1,4 @@
-"""Python API of the window ops (spec section 1).
+"""Python API of the window ops (spec section 1) and of the bicubic resize.
 
 The compiled kernels live in ``featup_mmseg._ext`` and are registered with the PyTorch
 dispatcher as ``torch.ops.featup_mmseg.*``. Their autograd is chosen once, at import, by
@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from .reference import (adaptive_conv_reference, adaptive_conv_transpose_reference,
+                        bicubic_resize_reference, bicubic_resize_transpose_reference,
                         window_correlation_reference, window_cross_correlation_reference)
 
 PADDING_MODES = ('reflect', 'zeros', 'replicate')
@@ -286,6 +287,64 @@ def adaptive_conv_transpose(y: torch.Tensor, kernel: torch.Tensor,
     return adaptive_conv_transpose_reference(y, kernel, padding_mode)
 
 
+def bicubic_resize(x: torch.Tensor, size) -> torch.Tensor:
+    """``F.interpolate(x, size, mode='bicubic', align_corners=False)``, with a compiled
+    gradient.
+
+    The same numbers up to round-off. Its backward gathers (no scatter, no atomics), and on
+    CPU both directions are separable passes over four taps: several times faster than
+    PyTorch's CPU bicubic backward, and than the resize as products with dense matrices.
+
+    Args:
+        x: (B, C, h, w), float32/float64/float16/bfloat16, h and w > 0.
+        size: (H, W), positive ints.
+
+    Returns:
+        (B, C, H, W) tensor of x's dtype.
+    """
+    op = 'bicubic_resize'
+    _check_map(op, 'x', x)
+    size = _check_resize(op, 'x', x, 'size', size)
+    if _use_ext(x.device):
+        return _compiled_ops.bicubic_resize(x, size)
+    return bicubic_resize_reference(x, size)
+
+
+def bicubic_resize_transpose(y: torch.Tensor, input_size) -> torch.Tensor:
+    """The adjoint (transpose) of :func:`bicubic_resize` from ``input_size`` to y's size.
+
+    ``<bicubic_resize(x, y.shape[-2:]), y> = <x, bicubic_resize_transpose(y, x.shape[-2:])>``
+    for every x: the resize's gradient, for callers that write their own backward.
+
+    Args:
+        y: (B, C, H, W), float32/float64/float16/bfloat16, H and W > 0.
+        input_size: (h, w) of the resize's input, positive ints.
+
+    Returns:
+        (B, C, h, w) tensor of y's dtype.
+    """
+    op = 'bicubic_resize_transpose'
+    _check_map(op, 'y', y)
+    input_size = _check_resize(op, 'y', y, 'input_size', input_size)
+    if _use_ext(y.device):
+        return _compiled_ops.bicubic_resize_backward(y, input_size)
+    return bicubic_resize_transpose_reference(y, input_size)
+
+
+def _check_resize(op: str, name: str, t: torch.Tensor, size_name: str, size) -> list:
+    """``size`` as a list of two positive ints, and t's spatial size non-empty."""
+    if isinstance(size, torch.Size):
+        size = tuple(size)
+    if not isinstance(size, (tuple, list)) or len(size) != 2 or any(
+            isinstance(s, bool) or not isinstance(s, (int, torch.SymInt)) or s < 1
+            for s in size):
+        raise ValueError(f'{op}: {size_name} must be two positive ints (H, W), got {size!r}')
+    if t.shape[2] < 1 or t.shape[3] < 1:
+        raise ValueError(f'{op}: {name} must have a non-empty spatial size, got shape '
+                         f'{tuple(t.shape)}')
+    return [int(s) if isinstance(s, int) else s for s in size]
+
+
 def _adaptive_conv_featup_layout(x_padded: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
     """FeatUp's AdaptiveConv convention: pre-padded input, (B, H, W, k, k) kernel."""
     op = 'adaptive_conv'
@@ -368,13 +427,36 @@ def _adaptive_conv_backward_kernel_vjp(ops, grad, needs, grad_out, features, ker
     return grad_grad_out, grad_features
 
 
-# op name -> (number of leading tensor arguments, derivative rule)
+def _bicubic_resize_vjp(ops, grad, needs, input_size):
+    return (ops.bicubic_resize_backward(grad, input_size),)
+
+
+def _bicubic_resize_backward_vjp(ops, grad, needs, input_size):
+    # the adjoint of the adjoint: the resize, from the adjoint's output size to its input's
+    return (ops.bicubic_resize(grad, input_size),)
+
+
+def _save_inputs(ctx, inputs, num_tensors: int) -> None:
+    """For the bilinear window ops: their tensor inputs, and the other arguments."""
+    ctx.save_for_backward(*inputs[:num_tensors])
+    ctx.params = inputs[num_tensors:]
+
+
+def _save_input_size(ctx, inputs, num_tensors: int) -> None:
+    """For the linear resize ops: only the input's spatial size (the input itself is not
+    needed, so it is not kept alive)."""
+    ctx.params = (list(inputs[0].shape[-2:]),)
+
+
+# op name -> (number of leading tensor arguments, derivative rule, what the backward keeps)
 _OPS = {
-    'window_correlation': (1, _window_correlation_vjp),
-    'window_correlation_backward': (2, _window_correlation_backward_vjp),
-    'adaptive_conv': (2, _adaptive_conv_vjp),
-    'adaptive_conv_backward_features': (2, _adaptive_conv_backward_features_vjp),
-    'adaptive_conv_backward_kernel': (2, _adaptive_conv_backward_kernel_vjp),
+    'window_correlation': (1, _window_correlation_vjp, _save_inputs),
+    'window_correlation_backward': (2, _window_correlation_backward_vjp, _save_inputs),
+    'adaptive_conv': (2, _adaptive_conv_vjp, _save_inputs),
+    'adaptive_conv_backward_features': (2, _adaptive_conv_backward_features_vjp, _save_inputs),
+    'adaptive_conv_backward_kernel': (2, _adaptive_conv_backward_kernel_vjp, _save_inputs),
+    'bicubic_resize': (1, _bicubic_resize_vjp, _save_input_size),
+    'bicubic_resize_backward': (1, _bicubic_resize_backward_vjp, _save_input_size),
 }
 
 
@@ -403,14 +485,12 @@ def _register_fake_kernels() -> None:
         'adaptive_conv_backward_features': lambda grad, kernel, mode: keys_like(grad),
         'adaptive_conv_backward_kernel':
             lambda grad, features, kernel_size, mode: taps_like(features, kernel_size),
+        'bicubic_resize': lambda x, size: x.new_empty((*x.shape[:2], *size)),
+        'bicubic_resize_backward':
+            lambda grad, input_size: grad.new_empty((*grad.shape[:2], *input_size)),
     }
     for name, fake in fakes.items():
         register(_LIBRARY + name, fake)
-
-
-def _save_inputs(ctx, inputs, num_tensors: int) -> None:
-    ctx.save_for_backward(*inputs[:num_tensors])
-    ctx.params = inputs[num_tensors:]
 
 
 def _backward(ops, num_tensors: int, vjp):
@@ -418,7 +498,7 @@ def _backward(ops, num_tensors: int, vjp):
 
     def backward(ctx, grad):
         grads = vjp(ops, grad, ctx.needs_input_grad, *ctx.saved_tensors, *ctx.params)
-        return (*grads, *(None,) * len(ctx.params))
+        return (*grads, *(None,) * (len(ctx.needs_input_grad) - num_tensors))
 
     return backward
 
@@ -427,10 +507,11 @@ def _register_dispatcher_autograd():
     """torch >= 2.4: autograd formulas registered with the dispatcher, so that torch.compile
     and torch.export trace the ops themselves."""
     ops = torch.ops.featup_mmseg
-    for name, (num_tensors, vjp) in _OPS.items():
+    for name, (num_tensors, vjp, save) in _OPS.items():
         torch.library.register_autograd(
             _LIBRARY + name, _backward(ops, num_tensors, vjp),
-            setup_context=lambda ctx, inputs, output, n=num_tensors: _save_inputs(ctx, inputs, n))
+            setup_context=lambda ctx, inputs, output, n=num_tensors, save=save: save(ctx, inputs,
+                                                                                    n))
     return ops
 
 
@@ -438,11 +519,11 @@ def _autograd_function_ops():
     """torch < 2.4 (or forced by FEATUP_MMSEG_LEGACY_OPS=1): the same kernels behind
     torch.autograd.Function, with the same derivative rules."""
     ops = types.SimpleNamespace()
-    for name, (num_tensors, vjp) in _OPS.items():
+    for name, (num_tensors, vjp, save) in _OPS.items():
         compiled = getattr(torch.ops.featup_mmseg, name)
 
-        def forward(ctx, *inputs, compiled=compiled, num_tensors=num_tensors):
-            _save_inputs(ctx, inputs, num_tensors)
+        def forward(ctx, *inputs, compiled=compiled, num_tensors=num_tensors, save=save):
+            save(ctx, inputs, num_tensors)
             return compiled(*inputs)
 
         function = type(name, (torch.autograd.Function,),
