@@ -25,7 +25,13 @@ at::Tensor resize_planes(const char* op, const char* name, const at::Tensor& inp
   const ResizeGeometry g = adjoint
       ? ResizeGeometry{size[0], size[1], input.size(2), input.size(3)}
       : ResizeGeometry{input.size(2), input.size(3), size[0], size[1]};
-  (input.is_cuda() ? cuda : cpu)(input.contiguous(), out, g);
+  if (input.is_cuda()) {
+    cuda(input.contiguous(), out, g);
+  } else {
+    // The CPU launchers read planes in place: a channel slice of a batch is not copied.
+    const bool planes_contiguous = input.stride(3) == 1 && input.stride(2) == input.size(3);
+    cpu(planes_contiguous ? input : input.contiguous(), out, g);
+  }
   return out;
 }
 

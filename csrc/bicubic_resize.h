@@ -1,6 +1,7 @@
 // Device-independent entry points of the bicubic resize (bicubic_resize.cpp) and the
-// per-device launchers they call (cpu/, cuda/). Launchers receive a contiguous input of one
-// floating dtype and a preallocated output, both non-empty.
+// per-device launchers they call (cpu/, cuda/). Launchers receive an input of one floating
+// dtype (contiguous for CUDA; for the CPU with contiguous (H, W) planes, at any batch and
+// channel strides) and a preallocated contiguous output, both non-empty.
 #pragma once
 
 #include <ATen/ATen.h>

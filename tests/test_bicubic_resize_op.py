@@ -79,11 +79,18 @@ def test_transpose_is_the_adjoint_and_matches_reference():
 
 @pytest.mark.parametrize('device', DEVICES)
 def test_non_contiguous_input(device):
-    x = torch.randn(2, 4, 8, 12, dtype=torch.float64, device=device)
-    strided = x.transpose(2, 3)[:, ::2]
-    torch.testing.assert_close(bicubic_resize(strided, (15, 9)),
-                               bicubic_resize_reference(strided, (15, 9)),
-                               rtol=1e-12, atol=1e-12)
+    x = torch.randn(2, 6, 8, 12, dtype=torch.float64, device=device)
+    # planes strided themselves (copied first), and channel slices of a batch (read in place)
+    for strided in (x.transpose(2, 3)[:, ::2], x[:, 1::2], x[:, 2:5], x[1:, 3:4]):
+        torch.testing.assert_close(bicubic_resize(strided, (15, 9)),
+                                   bicubic_resize_reference(strided, (15, 9)),
+                                   rtol=1e-12, atol=1e-12)
+        grad = torch.randn(*strided.shape[:2], 15, 9, dtype=torch.float64,
+                           device=device).transpose(2, 3).contiguous().transpose(2, 3)
+        torch.testing.assert_close(bicubic_resize_transpose(grad[:, :1], strided.shape[-2:]),
+                                   bicubic_resize_transpose_reference(grad[:, :1],
+                                                                      strided.shape[-2:]),
+                                   rtol=1e-12, atol=1e-12)
 
 
 def test_empty_batch_and_channels():

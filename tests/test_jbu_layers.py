@@ -366,10 +366,10 @@ def test_conv1x1_half_precision_and_autocast():
 
 
 @pytest.mark.parametrize('padding_mode', ['reflect', 'zeros'])
-@pytest.mark.parametrize('chunk_bytes', [1, 700, 2**30], ids=['1ch', '3ch', 'whole'])
+@pytest.mark.parametrize('chunk_bytes', [1, 1600, 2**30], ids=['1ch', '3ch', 'whole'])
 def test_resized_adaptive_conv_is_resize_then_aggregate(monkeypatch, chunk_bytes, padding_mode):
-    """Chunk by chunk (one channel, uneven chunks of 3 of 7, all at once) the same values
-    and gradients as resizing first, at a non-x2 size."""
+    """Chunk by chunk (one channel, uneven chunks of 3 of 7, all channels; on CPU one batch
+    element at a time) the same values and gradients as resizing first, at a non-x2 size."""
     monkeypatch.setattr(bicubic, 'RESIZED_CHUNK_BYTES', chunk_bytes)
     source = torch.randn(2, 7, 5, 4, dtype=torch.float64, requires_grad=True)
     kernel = torch.randn(2, 9, 9, 7, dtype=torch.float64, requires_grad=True)
@@ -389,9 +389,9 @@ def test_resized_adaptive_conv_is_resize_then_aggregate(monkeypatch, chunk_bytes
 
 
 def test_resized_adaptive_conv_gradients_of_two_orders(monkeypatch):
-    monkeypatch.setattr(bicubic, 'RESIZED_CHUNK_BYTES', 100)  # two channels per chunk
-    source = torch.randn(1, 3, 3, 2, dtype=torch.float64, requires_grad=True)
-    kernel = torch.randn(1, 9, 5, 4, dtype=torch.float64, requires_grad=True)
+    monkeypatch.setattr(bicubic, 'RESIZED_CHUNK_BYTES', 400)  # two channels per chunk
+    source = torch.randn(2, 3, 3, 2, dtype=torch.float64, requires_grad=True)
+    kernel = torch.randn(2, 9, 5, 4, dtype=torch.float64, requires_grad=True)
 
     def op(s, k):
         return resized_adaptive_conv(s, k, 'reflect')

@@ -132,10 +132,20 @@ struct PlaneProduct {
   }
 };
 
+// Where plane n = b * C + c of src starts: src's planes need not be contiguous with each
+// other (a channel slice of a batch is read in place).
+struct PlaneStrides {
+  int64_t channels, batch_stride, channel_stride;
+
+  int64_t offset(int64_t plane) const {
+    return plane / channels * batch_stride + plane % channels * channel_stride;
+  }
+};
+
 template <typename scalar_t, typename acc_t>
 FEATUP_INLINE void product_planes(const PlaneProduct<scalar_t, acc_t>& product,
-                                  const scalar_t* src, scalar_t* dst, int64_t begin,
-                                  int64_t end) {
+                                  const scalar_t* src, const PlaneStrides& strides,
+                                  scalar_t* dst, int64_t begin, int64_t end) {
   const auto& p = product;
   // The gathers fill (src_h, dst_w) values columns first, (dst_h, dst_w) rows first.
   const bool columns_first = p.src_height <= p.dst_height;
@@ -143,7 +153,7 @@ FEATUP_INLINE void product_planes(const PlaneProduct<scalar_t, acc_t>& product,
                                            : p.dst_height * p.src_width);
   std::vector<acc_t> row(p.dst_width);
   for (int64_t plane = begin; plane < end; ++plane) {
-    const scalar_t* in = src + plane * p.src_height * p.src_width;
+    const scalar_t* in = src + strides.offset(plane);
     scalar_t* out = dst + plane * p.dst_height * p.dst_width;
     if (columns_first) {
       p.columns_first(in, out, scratch.data(), row.data());
@@ -154,19 +164,20 @@ FEATUP_INLINE void product_planes(const PlaneProduct<scalar_t, acc_t>& product,
 }
 
 FEATUP_SIMD_CLONES void product_planes_simd(const PlaneProduct<float, float>& p,
-                                            const float* src, float* dst, int64_t begin,
-                                            int64_t end) {
-  product_planes(p, src, dst, begin, end);
+                                            const float* src, const PlaneStrides& strides,
+                                            float* dst, int64_t begin, int64_t end) {
+  product_planes(p, src, strides, dst, begin, end);
 }
 FEATUP_SIMD_CLONES void product_planes_simd(const PlaneProduct<double, double>& p,
-                                            const double* src, double* dst, int64_t begin,
-                                            int64_t end) {
-  product_planes(p, src, dst, begin, end);
+                                            const double* src, const PlaneStrides& strides,
+                                            double* dst, int64_t begin, int64_t end) {
+  product_planes(p, src, strides, dst, begin, end);
 }
 template <typename scalar_t, typename acc_t>
 void product_planes_simd(const PlaneProduct<scalar_t, acc_t>& p, const scalar_t* src,
-                         scalar_t* dst, int64_t begin, int64_t end) {
-  product_planes(p, src, dst, begin, end);
+                         const PlaneStrides& strides, scalar_t* dst, int64_t begin,
+                         int64_t end) {
+  product_planes(p, src, strides, dst, begin, end);
 }
 
 // dst (B, C, dst_h, dst_w) = R src C^T plane by plane, for the resize (adjoint false) of
@@ -183,6 +194,7 @@ void resize_product(const at::Tensor& src, at::Tensor& dst, const ResizeGeometry
     const PlaneProduct<scalar_t, acc_t> product{rows, columns, src.size(2), src.size(3),
                                                 dst.size(2), dst.size(3)};
     const scalar_t* in = src.const_data_ptr<scalar_t>();
+    const PlaneStrides strides{src.size(1), src.stride(0), src.stride(1)};
     scalar_t* out = dst.mutable_data_ptr<scalar_t>();
     // a plane's multiply-adds, so that tiny problems stay on one thread
     const int64_t plane_cost = (rows.entries * rows.rows * dst.size(3) +
@@ -190,7 +202,7 @@ void resize_product(const at::Tensor& src, at::Tensor& dst, const ResizeGeometry
     constexpr int64_t kMinTaskCost = int64_t(1) << 15;
     const int64_t grain = std::max<int64_t>(1, kMinTaskCost / std::max<int64_t>(plane_cost, 1));
     at::parallel_for(0, src.size(0) * src.size(1), grain, [&](int64_t begin, int64_t end) {
-      product_planes_simd(product, in, out, begin, end);
+      product_planes_simd(product, in, strides, out, begin, end);
     });
   });
 }

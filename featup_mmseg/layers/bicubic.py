@@ -133,24 +133,28 @@ def resized_adaptive_conv(source: torch.Tensor, kernel: torch.Tensor,
                          f'{tuple(kernel.shape)}')
     resizer = _Resizer(source, kernel.shape[-2:])
     batch, _, height, width = kernel.shape
-    chunk_bytes = max(batch * height * width * source.element_size(), 1)
-    limit = RESIZED_CHUNK_BYTES if source.device.type == 'cpu' else \
-        ACCELERATOR_RESIZED_CHUNK_BYTES
-    channels_per_chunk = max(1, limit // chunk_bytes)
-    return _ResizedAdaptiveConv.apply(source, kernel, resizer, padding_mode, channels_per_chunk)
+    if source.device.type == 'cpu':
+        # one batch element per chunk: its channel slices are contiguous, so neither the
+        # ops nor the gradient's chunks copy them
+        limit, batch_per_chunk = RESIZED_CHUNK_BYTES, 1
+    else:
+        limit, batch_per_chunk = ACCELERATOR_RESIZED_CHUNK_BYTES, batch
+    chunk_bytes = max(batch_per_chunk * height * width * source.element_size(), 1)
+    chunks = _chunks(batch, batch_per_chunk, source.shape[1], max(1, limit // chunk_bytes))
+    return _ResizedAdaptiveConv.apply(source, kernel, resizer, padding_mode, chunks)
 
 
 class _ResizedAdaptiveConv(torch.autograd.Function):
 
     @staticmethod
-    def forward(ctx, source, kernel, resizer, padding_mode, channels_per_chunk):
+    def forward(ctx, source, kernel, resizer, padding_mode, chunks):
         ctx.save_for_backward(source, kernel)
-        ctx.resizer, ctx.padding_mode = resizer, padding_mode
-        ctx.channels_per_chunk = channels_per_chunk
+        ctx.resizer, ctx.padding_mode, ctx.chunks = resizer, padding_mode, chunks
         batch, channels = source.shape[:2]
         out = source.new_empty((batch, channels, *kernel.shape[-2:]))
-        for chunk in _chunks(channels, channels_per_chunk):
-            out[:, chunk] = adaptive_conv(resizer.resize(source[:, chunk]), kernel, padding_mode)
+        for samples, channel_range in chunks:
+            resized = resizer.resize(source[samples, channel_range])
+            out[samples, channel_range] = adaptive_conv(resized, kernel[samples], padding_mode)
         return out
 
     @staticmethod
@@ -160,22 +164,32 @@ class _ResizedAdaptiveConv(torch.autograd.Function):
         needs_source, needs_kernel = ctx.needs_input_grad[:2]
         mode, kernel_size = ctx.padding_mode, math.isqrt(kernel.shape[1])
         grad_source = torch.empty_like(source) if needs_source else None
-        grad_kernel = None
-        for chunk in _chunks(source.shape[1], ctx.channels_per_chunk):
-            # contiguous once here, not in each of the two ops (a channel slice of a batch
-            # larger than 1 is strided)
-            grad_chunk = grad[:, chunk].contiguous()
+        # the kernel gradient of each batch range, summed over its channel chunks
+        grad_kernels = {}
+        for samples, channel_range in ctx.chunks:
+            # contiguous once here, not in each of the two ops (a no-op for the chunks of
+            # one batch element of a contiguous gradient)
+            grad_chunk = grad[samples, channel_range].contiguous()
             if needs_kernel:
-                resized = resizer.resize(source[:, chunk])
+                resized = resizer.resize(source[samples, channel_range])
                 part = window_cross_correlation(grad_chunk, resized, kernel_size, mode)
-                grad_kernel = part if grad_kernel is None else grad_kernel.add_(part)
+                key = (samples.start, samples.stop)
+                grad_kernels[key] = part if key not in grad_kernels else \
+                    grad_kernels[key].add_(part)
             if needs_source:
-                grad_source[:, chunk] = resizer.adjoint(
-                    adaptive_conv_transpose(grad_chunk, kernel, mode))
-        if needs_kernel and grad_kernel is None:  # no channels
-            grad_kernel = torch.zeros_like(kernel)
+                grad_source[samples, channel_range] = resizer.adjoint(
+                    adaptive_conv_transpose(grad_chunk, kernel[samples], mode))
+        grad_kernel = None
+        if needs_kernel:
+            parts = list(grad_kernels.values())
+            grad_kernel = (torch.zeros_like(kernel) if not parts  # no channels
+                           else parts[0] if len(parts) == 1 else torch.cat(parts))
         return grad_source, grad_kernel, None, None, None
 
 
-def _chunks(channels: int, size: int):
-    return [slice(start, min(start + size, channels)) for start in range(0, channels, size)]
+def _chunks(batch: int, batch_per_chunk: int, channels: int, channels_per_chunk: int):
+    """(batch slice, channel slice) of every chunk, batch-major."""
+    return [(slice(first, min(first + batch_per_chunk, batch)),
+             slice(start, min(start + channels_per_chunk, channels)))
+            for first in range(0, batch, batch_per_chunk)
+            for start in range(0, channels, channels_per_chunk)]
