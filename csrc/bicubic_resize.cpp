@@ -3,6 +3,8 @@
 // direct torch.ops calls from reaching a kernel with bad shapes.
 #include "bicubic_resize.h"
 
+#include "window_ops.h"  // check_map
+
 namespace featup_mmseg {
 namespace {
 
@@ -12,10 +14,7 @@ using Launcher = void (*)(const at::Tensor&, at::Tensor&, const ResizeGeometry&)
 at::Tensor resize_planes(const char* op, const char* name, const at::Tensor& input,
                          const char* size_name, at::IntArrayRef size, bool adjoint,
                          Launcher cpu, Launcher cuda) {
-  TORCH_CHECK(input.dim() == 4, op, ": ", name, " must be a 4-D (B, C, H, W) tensor, got shape ",
-              input.sizes());
-  TORCH_CHECK(at::isFloatingType(input.scalar_type()), op, ": ", name,
-              " must be float64, float32, float16 or bfloat16, got ", input.scalar_type());
+  check_map(op, name, input);
   TORCH_CHECK(size.size() == 2 && size[0] > 0 && size[1] > 0, op, ": ", size_name,
               " must be two positive sizes (H, W), got ", size);
   TORCH_CHECK(input.size(2) > 0 && input.size(3) > 0, op, ": ", name,

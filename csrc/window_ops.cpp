@@ -35,12 +35,6 @@ PaddingMode parse_padding_mode(c10::string_view name) {
               std::string(name), "'");
 }
 
-void check_map(const char* op, const char* name, const at::Tensor& t) {
-  TORCH_CHECK(t.dim() == 4, op, ": ", name, " must be a 4-D (B, C, H, W) tensor, got shape ",
-              t.sizes());
-  TORCH_CHECK(at::isFloatingType(t.scalar_type()), op, ": ", name,
-              " must be float64, float32, float16 or bfloat16, got ", t.scalar_type());
-}
 
 // Checks that `other` lives with `reference` and shares its batch and spatial size.
 void check_companion(const char* op, const char* ref_name, const at::Tensor& reference,
@@ -110,6 +104,13 @@ at::Tensor kernel_over_planes(const char* op, const char* planes_name, const at:
 }
 
 }  // namespace
+
+void check_map(const char* op, const char* name, const at::Tensor& t) {
+  TORCH_CHECK(t.dim() == 4, op, ": ", name, " must be a 4-D (B, C, H, W) tensor, got shape ",
+              t.sizes());
+  TORCH_CHECK(at::isFloatingType(t.scalar_type()), op, ": ", name,
+              " must be float64, float32, float16 or bfloat16, got ", t.scalar_type());
+}
 
 at::Tensor window_correlation(const at::Tensor& keys, int64_t kernel_size,
                               c10::string_view padding_mode) {

@@ -9,6 +9,10 @@
 
 namespace featup_mmseg {
 
+// The check of every map argument of the ops (window ops and bicubic resize): 4-D and of a
+// floating dtype, or an error naming op and argument.
+void check_map(const char* op, const char* name, const at::Tensor& t);
+
 // Ops registered with the dispatcher (schemas in bindings.cpp).
 at::Tensor window_correlation(const at::Tensor& keys, int64_t kernel_size,
                               c10::string_view padding_mode);

@@ -78,7 +78,7 @@ SparseRows<acc_t> adjoint_matrix(int64_t in, int64_t out) {
 }
 
 // dst = R src C^T for one plane: src (src_h, src_w), dst (R rows, C rows); R's columns index
-// src's rows, C's its columns. scratch: max(src_h * C rows, R rows * src_w) values.
+// src's rows, C's its columns. The scratch plane holds the first of the two products.
 template <typename scalar_t, typename acc_t>
 struct PlaneProduct {
   const SparseRows<acc_t>& rows;
@@ -93,7 +93,9 @@ struct PlaneProduct {
     }
     for (int64_t y = 0; y < dst_height; ++y) {
       combine_rows(rows, y, scratch, dst_width, row);
-      for (int64_t x = 0; x < dst_width; ++x) dst[y * dst_width + x] = static_cast<scalar_t>(row[x]);
+      for (int64_t x = 0; x < dst_width; ++x) {
+        dst[y * dst_width + x] = static_cast<scalar_t>(row[x]);
+      }
     }
   }
 
@@ -197,8 +199,9 @@ void resize_product(const at::Tensor& src, at::Tensor& dst, const ResizeGeometry
     const PlaneStrides strides{src.size(1), src.stride(0), src.stride(1)};
     scalar_t* out = dst.mutable_data_ptr<scalar_t>();
     // a plane's multiply-adds, so that tiny problems stay on one thread
-    const int64_t plane_cost = (rows.entries * rows.rows * dst.size(3) +
-                                columns.entries * columns.rows * std::max(src.size(2), dst.size(2)));
+    const int64_t plane_cost = rows.entries * rows.rows * dst.size(3) +
+                               columns.entries * columns.rows *
+                                   std::max(src.size(2), dst.size(2));
     constexpr int64_t kMinTaskCost = int64_t(1) << 15;
     const int64_t grain = std::max<int64_t>(1, kMinTaskCost / std::max<int64_t>(plane_cost, 1));
     at::parallel_for(0, src.size(0) * src.size(1), grain, [&](int64_t begin, int64_t end) {
