@@ -152,30 +152,38 @@ FEATUP_INLINE void gather_tap_rows(acc_t* tap_rows, const scalar_t* kernel,
 }
 
 // The (y, i) whose tap row i lands on output row ys once borders are resolved (the
-// preimage of ys), with tap_rows[(q * k + j) * W + x] = kernel[i_q * k + j, y_q, x].
+// preimage of ys), with tap_rows[(q * k + j) * stride + offset + x] = kernel[i_q * k + j,
+// y_q, x] (stride >= offset + W, 0 for W). tap_rows is resized (and zeroed) only when the
+// number of rows changes: the entries outside [offset, offset + W) of each row keep what
+// they held, zeros for the blocked adjoint's padding.
 template <typename acc_t, typename scalar_t>
 FEATUP_INLINE void gather_adjoint_tap_rows(std::vector<int64_t>& source_rows,
                                            std::vector<acc_t>& tap_rows,
                                            const scalar_t* kernel, const WindowGeometry& g,
-                                           int64_t ys) {
+                                           int64_t ys, int64_t stride = 0, int64_t offset = 0) {
   const int64_t k = g.size(), r = g.radius, width = g.width;
+  if (stride == 0) stride = width;
   const WindowPreimage rows = window_preimage(ys, g.height, r, g.mode);
-  source_rows.clear();
-  tap_rows.clear();
-  for (int rr = 0; rr < rows.count; ++rr) {
-    for (int64_t t = rows.first[rr]; t <= rows.last[rr]; ++t) {
-      for (int64_t i = 0; i < k; ++i) {
-        const int64_t y = t - i + r;
-        if (y < 0 || y >= g.height) continue;
-        source_rows.push_back(y);
-        tap_rows.resize(tap_rows.size() + k * width);
-        for (int64_t j = 0; j < k; ++j) {
-          copy_row(tap_rows.data() + tap_rows.size() - (k - j) * width,
-                   kernel + (i * k + j) * g.plane() + y * width, width);
+  const auto for_each_source_row = [&](auto&& f) {
+    for (int rr = 0; rr < rows.count; ++rr) {
+      for (int64_t t = rows.first[rr]; t <= rows.last[rr]; ++t) {
+        for (int64_t i = 0; i < k; ++i) {
+          const int64_t y = t - i + r;
+          if (y >= 0 && y < g.height) f(y, i);
         }
       }
     }
-  }
+  };
+  source_rows.clear();
+  for_each_source_row([&](int64_t y, int64_t) { source_rows.push_back(y); });
+  const size_t size = source_rows.size() * k * stride;
+  if (tap_rows.size() != size) tap_rows.assign(size, acc_t(0));
+  acc_t* row = tap_rows.data() + offset;
+  for_each_source_row([&](int64_t y, int64_t i) {
+    for (int64_t j = 0; j < k; ++j, row += stride) {
+      copy_row(row, kernel + (i * k + j) * g.plane() + y * width, width);
+    }
+  });
 }
 
 // acc[x] += sum_p tap_rows[p, x] * values~[y + i - r, x + j - r] for one output row y.
@@ -384,79 +392,119 @@ FEATUP_INLINE void aggregate_rows_blocked(const WindowArgs<scalar_t>& args, int6
   }
 }
 
-// ext[c][t] = sum_q sum_j taps[q * K + j][t - j] * rows[c * count + q][t - j] for
-// t < W + K - 1, with the tap rows zero-padded by K - 1 on both sides (stored from index
-// K - 1) and rows[..][x] = a[c, row q, x] for x in [-(K - 1), W + K - 1), zero outside the
-// row: the aggregate's adjoint for CB channels of one source row, before the border fold.
-// As in aggregate_channel_block, `direct` rows are the source rows themselves, read by the
-// vectors inside them, and `padded` rows zero-padded copies for the others.
+// acc[c] = sum_q sum_j taps[q * K + j][t - j] * rows[c * count + q][t - j] for the V
+// window columns t - r, t in [t0, t0 + V), of CB channels of one source row: the
+// aggregate's adjoint there, before the border fold. The tap rows are stored from index
+// K - 1 of rows `taps_width` apart, zero outside [0, W); rows[..][x] = a[c, row q, x],
+// zero outside the row, is read for x in [t0 - K + 1, t0 + V).
 template <int K, int CB, typename acc_t>
-FEATUP_INLINE void aggregate_adjoint_channel_block(acc_t* ext, const acc_t* taps,
-                                                   const acc_t* const* direct,
-                                                   const acc_t* const* padded, int64_t count,
-                                                   int64_t width) {
+FEATUP_INLINE void adjoint_lanes(typename Simd<acc_t>::vec* acc, const acc_t* taps,
+                                 const acc_t* const* rows, int64_t count, int64_t taps_width,
+                                 int64_t t0) {
   using vec = typename Simd<acc_t>::vec;
-  constexpr int V = kLanes<acc_t>;
-  const int64_t padded_width = width + 2 * (K - 1), ext_width = width + K - 1;
-  int64_t t0 = 0;
-  for (; t0 + V <= ext_width; t0 += V) {
-    const acc_t* const* rows = t0 >= K - 1 && t0 + V <= width ? direct : padded;
-    vec acc[CB] = {};
-    for (int64_t q = 0; q < count; ++q) {
+  for (int c = 0; c < CB; ++c) acc[c] = vec{};
+  for (int64_t q = 0; q < count; ++q) {
 #pragma GCC unroll 7
-      for (int j = 0; j < K; ++j) {
-        const vec tap = load_vec(taps + (q * K + j) * padded_width + t0 + K - 1 - j);
+    for (int j = 0; j < K; ++j) {
+      const vec tap = load_vec(taps + (q * K + j) * taps_width + t0 + K - 1 - j);
 #pragma GCC unroll 4
-        for (int c = 0; c < CB; ++c) acc[c] += tap * load_vec(rows[c * count + q] + t0 - j);
-      }
-    }
-    for (int c = 0; c < CB; ++c) store_vec(ext + c * ext_width + t0, acc[c]);
-  }
-  for (; t0 < ext_width; ++t0) {
-    for (int c = 0; c < CB; ++c) {
-      acc_t sum = acc_t(0);
-      for (int64_t q = 0; q < count; ++q) {
-        for (int j = 0; j < K; ++j) {
-          sum += taps[(q * K + j) * padded_width + t0 + K - 1 - j] *
-                 padded[c * count + q][t0 - j];
-        }
-      }
-      ext[c * ext_width + t0] = sum;
+      for (int c = 0; c < CB; ++c) acc[c] += tap * load_vec(rows[c * count + q] + t0 - j);
     }
   }
 }
 
-template <int K, typename scalar_t, typename acc_t>
+// dst[c][x] (+)= the aggregate's adjoint at x for CB channels of one source row, borders
+// folded in: vectors over the W inner window columns, stored straight into dst (the last
+// one partly), and one vector on either side for the r columns beyond each border, folded
+// back through border_index. As in aggregate_channel_block, `direct` rows are the source
+// rows themselves, read by the vectors inside them, and `padded` rows copies padded with
+// zeros (K - 1 before the row, K - 1 + V after) for the others. kAccumulate adds to dst.
+template <int K, int CB, bool kAccumulate, typename acc_t>
+FEATUP_INLINE void aggregate_adjoint_channel_block(acc_t* const* dst, const acc_t* taps,
+                                                   const acc_t* const* direct,
+                                                   const acc_t* const* padded, int64_t count,
+                                                   int64_t taps_width, const WindowGeometry& g) {
+  using vec = typename Simd<acc_t>::vec;
+  constexpr int V = kLanes<acc_t>, r = K / 2;
+  const int64_t width = g.width;
+  vec acc[CB];
+  acc_t lanes[CB][V];
+  for (int64_t x0 = 0; x0 < width; x0 += V) {
+    const int64_t t0 = x0 + r;
+    adjoint_lanes<K, CB>(acc, taps, t0 >= K - 1 && t0 + V <= width ? direct : padded, count,
+                         taps_width, t0);
+    for (int c = 0; c < CB; ++c) {
+      if (x0 + V <= width) {
+        store_vec(dst[c] + x0, kAccumulate ? load_vec(dst[c] + x0) + acc[c] : acc[c]);
+        continue;
+      }
+      store_vec(lanes[c], acc[c]);
+      for (int64_t x = x0; x < width; ++x) {
+        dst[c][x] = kAccumulate ? dst[c][x] + lanes[c][x - x0] : lanes[c][x - x0];
+      }
+    }
+  }
+  // window columns -r..-1 (lanes 0..r-1 of t0 = 0) and W..W+r-1 (of t0 = W + r), added in
+  // the order of fold_padded_row
+  acc_t beyond[CB][V];
+  adjoint_lanes<K, CB>(acc, taps, padded, count, taps_width, 0);
+  for (int c = 0; c < CB; ++c) store_vec(lanes[c], acc[c]);
+  adjoint_lanes<K, CB>(acc, taps, padded, count, taps_width, width + r);
+  for (int c = 0; c < CB; ++c) store_vec(beyond[c], acc[c]);
+  for (int t = 1; t <= r; ++t) {
+    const int64_t left = border_index(-t, width, g.mode);
+    const int64_t right = border_index(width - 1 + t, width, g.mode);
+    for (int c = 0; c < CB; ++c) {
+      if (left >= 0) dst[c][left] += lanes[c][r - t];
+      if (right >= 0) dst[c][right] += beyond[c][t - 1];
+    }
+  }
+}
+
+// out rows [begin, end) of the aggregate's adjoint; kAccumulate adds them to out (float and
+// double only: half types would round what is there first).
+template <int K, typename scalar_t, typename acc_t, bool kAccumulate = false>
 FEATUP_INLINE void aggregate_adjoint_rows_blocked(const WindowArgs<scalar_t>& args,
                                                   int64_t begin, int64_t end) {
+  constexpr bool kDirect = std::is_same<scalar_t, acc_t>::value;
+  static_assert(kDirect || !kAccumulate, "accumulating needs out in the accumulation type");
+  constexpr int V = kLanes<acc_t>, r = K / 2;
   const WindowGeometry& g = args.g;
   const int64_t plane = g.plane(), width = g.width, channels = args.channels;
-  const int64_t padded_width = width + 2 * (K - 1), ext_width = width + K - 1;
-  constexpr bool kDirect = std::is_same<scalar_t, acc_t>::value;
-  // the row entries the border vectors read: x < V, and x >= right_from - (K - 1)
-  const int64_t left = std::min<int64_t>(kLanes<acc_t>, width);
-  const int64_t right = kDirect ? std::max<int64_t>(first_border_vector<acc_t>(width, 0) - (K - 1), 0) : 0;
+  // rows and taps are stored from index K - 1, with zeros up to V + K - 1 beyond the row
+  const int64_t padded_width = width + 2 * (K - 1) + V;
+  // the row entries the padded vectors read: the left border's, the first inner one's
+  // (x < V + r), and from the first inner one that reaches beyond the right border on
+  int64_t right = 0;
+  while (right + r + V <= width) right += V;
+  const int64_t left = std::min<int64_t>(V + r, width);
+  right = kDirect ? std::max<int64_t>(std::min(right - r, width - r), 0) : 0;
   std::vector<int64_t> source_rows;
-  std::vector<acc_t> tap_rows, padded_taps, a_rows, ext(kChannelBlock * ext_width), acc(width);
+  std::vector<acc_t> padded_taps, a_rows, acc(kDirect ? 0 : kChannelBlock * width);
   std::vector<const acc_t*> direct, padded;
+  acc_t* dst[kChannelBlock];
   for (int64_t index = begin; index < end; ++index) {
     const int64_t n = index / g.height, ys = index % g.height;
-    gather_adjoint_tap_rows(source_rows, tap_rows, args.lhs + n * K * K * plane, g, ys);
+    gather_adjoint_tap_rows(source_rows, padded_taps, args.lhs + n * K * K * plane, g, ys,
+                            padded_width, K - 1);
     const int64_t count = int64_t(source_rows.size());
-    padded_taps.assign(count * K * padded_width, acc_t(0));
-    for (int64_t row = 0; row < count * K; ++row) {
-      std::copy(tap_rows.begin() + row * width, tap_rows.begin() + (row + 1) * width,
-                padded_taps.begin() + row * padded_width + K - 1);
+    // zeroed when the layout changes only: the copies below never touch the padding
+    if (a_rows.size() != size_t(kChannelBlock * count * padded_width)) {
+      a_rows.assign(kChannelBlock * count * padded_width, acc_t(0));
     }
-    a_rows.assign(kChannelBlock * count * padded_width, acc_t(0));
     direct.resize(kChannelBlock * count);
     padded.resize(kChannelBlock * count);
     for (int64_t c0 = 0; c0 < channels;) {
       const int block = channels - c0 >= kChannelBlock ? kChannelBlock : 1;
       for (int c = 0; c < block; ++c) {
-        const scalar_t* a = args.rhs + (n * channels + c0 + c) * plane;
+        const int64_t offset = (n * channels + c0 + c) * plane;
+        if constexpr (kDirect) {
+          dst[c] = args.out + offset + ys * width;
+        } else {
+          dst[c] = acc.data() + c * width;
+        }
         for (int64_t q = 0; q < count; ++q) {
-          const scalar_t* row = a + source_rows[q] * width;
+          const scalar_t* row = args.rhs + offset + source_rows[q] * width;
           acc_t* copy = a_rows.data() + (c * count + q) * padded_width + K - 1;
           padded[c * count + q] = direct[c * count + q] = copy;
           if constexpr (kDirect) {
@@ -469,20 +517,37 @@ FEATUP_INLINE void aggregate_adjoint_rows_blocked(const WindowArgs<scalar_t>& ar
         }
       }
       if (block == kChannelBlock) {
-        aggregate_adjoint_channel_block<K, kChannelBlock>(ext.data(), padded_taps.data(),
-                                                          direct.data(), padded.data(), count,
-                                                          width);
+        aggregate_adjoint_channel_block<K, kChannelBlock, kAccumulate>(
+            dst, padded_taps.data(), direct.data(), padded.data(), count, padded_width, g);
       } else {
-        aggregate_adjoint_channel_block<K, 1>(ext.data(), padded_taps.data(), direct.data(),
-                                              padded.data(), count, width);
+        aggregate_adjoint_channel_block<K, 1, kAccumulate>(
+            dst, padded_taps.data(), direct.data(), padded.data(), count, padded_width, g);
       }
-      for (int c = 0; c < block; ++c) {
-        std::fill(acc.begin(), acc.end(), acc_t(0));
-        fold_padded_row(acc.data(), ext.data() + c * ext_width, g);
-        copy_row(args.out + (n * channels + c0 + c) * plane + ys * width, acc.data(), width);
+      if constexpr (!kDirect) {
+        for (int c = 0; c < block; ++c) {
+          copy_row(args.out + (n * channels + c0 + c) * plane + ys * width, dst[c], width);
+        }
       }
       c0 += block;
     }
+  }
+}
+
+// The gradient of window_correlation for rows [begin, end): the aggregate of lhs = the
+// logits gradient over the keys, plus its adjoint, a few rows at a time (their sums stay
+// in the caches between the two), added in the order of the tap-by-tap loops.
+template <int K, typename scalar_t, typename acc_t>
+FEATUP_INLINE void correlation_backward_rows_blocked(const WindowArgs<scalar_t>& args,
+                                                     int64_t begin, int64_t end) {
+  if constexpr (std::is_same<scalar_t, acc_t>::value) {
+    constexpr int64_t kRows = 4;
+    for (int64_t first = begin; first < end; first += kRows) {
+      const int64_t last = std::min(first + kRows, end);
+      aggregate_rows_blocked<K, scalar_t, acc_t>(args, first, last);
+      aggregate_adjoint_rows_blocked<K, scalar_t, acc_t, true>(args, first, last);
+    }
+  } else {
+    channel_rows<scalar_t, acc_t, true, true>(args, begin, end);
   }
 }
 
@@ -569,6 +634,7 @@ FEATUP_INLINE void aggregate_adjoint_rows(const WindowArgs<scalar_t>& args, int6
 template <typename scalar_t, typename acc_t>
 FEATUP_INLINE void correlation_backward_rows(const WindowArgs<scalar_t>& args, int64_t begin,
                                              int64_t end) {
+  FEATUP_BLOCKED_FOR_K(correlation_backward_rows_blocked, args, begin, end)
   channel_rows<scalar_t, acc_t, true, true>(args, begin, end);
 }
 
