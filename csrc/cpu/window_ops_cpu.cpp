@@ -142,12 +142,14 @@ FEATUP_INLINE void fold_padded_row(acc_t* __restrict__ acc, const acc_t* __restr
 // power-of-two sizes maps them onto the same L1 sets. Each output row therefore first
 // gathers the kernel rows it needs into contiguous scratch, reused for every channel.
 
-// tap_rows[p * W + x] = kernel[p, y, x]: the kernel rows of output row y.
+// tap_rows[p * S + x] = kernel[p, y, x]: the kernel rows of output row y, S = stride >= W
+// apart (0 for W).
 template <typename acc_t, typename scalar_t>
 FEATUP_INLINE void gather_tap_rows(acc_t* tap_rows, const scalar_t* kernel,
-                                   const WindowGeometry& g, int64_t y) {
+                                   const WindowGeometry& g, int64_t y, int64_t stride = 0) {
+  if (stride == 0) stride = g.width;
   for (int64_t p = 0; p < g.taps(); ++p) {
-    copy_row(tap_rows + p * g.width, kernel + p * g.plane() + y * g.width, g.width);
+    copy_row(tap_rows + p * stride, kernel + p * g.plane() + y * g.width, g.width);
   }
 }
 
@@ -286,50 +288,53 @@ FEATUP_INLINE void channel_rows(const WindowArgs<scalar_t>& args, int64_t begin,
 // Channels aggregated together: every tap row loaded serves all of them.
 constexpr int kChannelBlock = 4;
 
+// out[x] = v[x] for the first n <= V lanes
 template <typename scalar_t, typename acc_t>
-FEATUP_INLINE void store_lanes(scalar_t* out, typename Simd<acc_t>::vec v) {
+FEATUP_INLINE void store_lanes(scalar_t* out, typename Simd<acc_t>::vec v,
+                               int64_t n = kLanes<acc_t>) {
   if constexpr (std::is_same<scalar_t, acc_t>::value) {
-    store_vec(out, v);
-  } else {
-    acc_t lanes[kLanes<acc_t>];
-    store_vec(lanes, v);
-    copy_row(out, lanes, kLanes<acc_t>);
+    if (n == kLanes<acc_t>) return store_vec(out, v);
   }
+  acc_t lanes[kLanes<acc_t>];
+  store_vec(lanes, v);
+  copy_row(out, lanes, n);
 }
 
-// out[c][x] = sum_{i, j} taps[(i * K + j) * W + x] * rows[c * K + i][x + j - r] for CB
+// x rounded up to a multiple of the vector width: the stride of scratch rows that partial
+// vectors read beyond their end (zeros there)
+template <typename acc_t>
+constexpr int64_t vector_stride(int64_t x) {
+  return (x + kLanes<acc_t> - 1) / kLanes<acc_t> * kLanes<acc_t>;
+}
+
+// out[c][x] = sum_{i, j} taps[(i * K + j) * S + x] * rows[c * K + i][x + j - r] for CB
 // channels c of one output row: the aggregate, with rows[c * K + i][t] = values~[c,
-// y + i - r, t]. Two versions of each row: `direct` is the source row itself, read by the
-// vectors that stay inside it; `padded` has the borders resolved (from index -r) and is
-// read (and filled) only where vectors reach beyond them, sparing most of the copying.
+// y + i - r, t] and tap rows S = vector_stride(W) apart. Two versions of each row:
+// `direct` is the source row itself, read by the vectors that stay inside it; `padded` has
+// the borders resolved (from index -r) and is read (and filled) only where vectors reach
+// beyond them, sparing most of the copying. The last vector, partial where W is not a
+// multiple of V, reads zeros beyond the padded rows and the tap rows and stores its lanes
+// inside the row.
 template <int K, int CB, typename scalar_t, typename acc_t>
 FEATUP_INLINE void aggregate_channel_block(scalar_t* const* out, const acc_t* taps,
                                            const acc_t* const* direct,
                                            const acc_t* const* padded, int64_t width) {
   using vec = typename Simd<acc_t>::vec;
   constexpr int V = kLanes<acc_t>, r = K / 2;
-  int64_t x0 = 0;
-  for (; x0 + V <= width; x0 += V) {
+  const int64_t stride = vector_stride<acc_t>(width);
+  for (int64_t x0 = 0; x0 < width; x0 += V) {
     const acc_t* const* rows = x0 >= r && x0 + V + r <= width ? direct : padded;
     vec acc[CB] = {};
     for (int i = 0; i < K; ++i) {
 #pragma GCC unroll 7
       for (int j = 0; j < K; ++j) {
-        const vec tap = load_vec(taps + (i * K + j) * width + x0);
+        const vec tap = load_vec(taps + (i * K + j) * stride + x0);
 #pragma GCC unroll 4
         for (int c = 0; c < CB; ++c) acc[c] += tap * load_vec(rows[c * K + i] + x0 + j - r);
       }
     }
-    for (int c = 0; c < CB; ++c) store_lanes<scalar_t, acc_t>(out[c] + x0, acc[c]);
-  }
-  for (; x0 < width; ++x0) {  // the last width % V columns
-    for (int c = 0; c < CB; ++c) {
-      acc_t sum = acc_t(0);
-      for (int p = 0; p < K * K; ++p) {
-        sum += taps[p * width + x0] * padded[c * K + p / K][x0 + p % K - r];
-      }
-      out[c][x0] = static_cast<scalar_t>(sum);
-    }
+    const int64_t lanes = std::min<int64_t>(V, width - x0);
+    for (int c = 0; c < CB; ++c) store_lanes<scalar_t, acc_t>(out[c] + x0, acc[c], lanes);
   }
 }
 
@@ -353,14 +358,16 @@ FEATUP_INLINE void aggregate_rows_blocked(const WindowArgs<scalar_t>& args, int6
   // the padded entries the border vectors read: the first vector's and from the right ones'
   const int64_t left_to = std::min<int64_t>(kLanes<acc_t> + K - 1, padded_width);
   const int64_t right_from = kDirect ? first_border_vector<acc_t>(width, K / 2) : 0;
-  std::vector<acc_t> tap_rows(K * K * width), pads(kChannelBlock * K * padded_width);
-  std::vector<acc_t> zeros(padded_width, acc_t(0));
+  // tap rows and padded rows with room (zeros) for the last vector to read a whole one
+  const int64_t taps_stride = vector_stride<acc_t>(width), pad_stride = taps_stride + K - 1;
+  std::vector<acc_t> tap_rows(K * K * taps_stride), pads(kChannelBlock * K * pad_stride);
+  std::vector<acc_t> zeros(pad_stride, acc_t(0));
   scalar_t* out[kChannelBlock];
   const acc_t* direct[kChannelBlock * K];
   const acc_t* padded[kChannelBlock * K];
   for (int64_t index = begin; index < end; ++index) {
     const int64_t n = index / g.height, y = index % g.height;
-    gather_tap_rows(tap_rows.data(), args.lhs + n * K * K * plane, g, y);
+    gather_tap_rows(tap_rows.data(), args.lhs + n * K * K * plane, g, y, taps_stride);
     for (int64_t c0 = 0; c0 < channels;) {
       const int block = channels - c0 >= kChannelBlock ? kChannelBlock : 1;
       for (int c = 0; c < block; ++c) {
@@ -368,7 +375,7 @@ FEATUP_INLINE void aggregate_rows_blocked(const WindowArgs<scalar_t>& args, int6
         out[c] = args.out + offset + y * width;
         for (int i = 0; i < K; ++i) {
           const int64_t sy = border_index(y + i - g.radius, g.height, g.mode);
-          acc_t* pad = pads.data() + (c * K + i) * padded_width;
+          acc_t* pad = pads.data() + (c * K + i) * pad_stride;
           padded[c * K + i] = direct[c * K + i] = pad + g.radius;
           if (sy < 0) {
             padded[c * K + i] = direct[c * K + i] = zeros.data() + g.radius;
@@ -552,28 +559,25 @@ FEATUP_INLINE void correlation_backward_rows_blocked(const WindowArgs<scalar_t>&
 }
 
 // out[j][x] = sum_c a_rows[c][x] * pads[c][x + j] for j < K: the K taps of one window row
-// of the correlation, summed over all channels in registers.
+// of the correlation, summed over all channels in registers. The rows are S =
+// vector_stride(W) (a_rows) and S + K - 1 (pads) apart, with zeros beyond W and W + K - 1,
+// where the last vector, partial if W is not a multiple of V, reads.
 template <int K, typename scalar_t, typename acc_t>
 FEATUP_INLINE void correlate_window_row(scalar_t* out, int64_t out_stride, const acc_t* a_rows,
                                         const acc_t* pads, int64_t channels, int64_t width) {
   using vec = typename Simd<acc_t>::vec;
   constexpr int V = kLanes<acc_t>;
-  const int64_t padded = width + K - 1;
-  int64_t x0 = 0;
-  for (; x0 + V <= width; x0 += V) {
+  const int64_t stride = vector_stride<acc_t>(width), padded = stride + K - 1;
+  for (int64_t x0 = 0; x0 < width; x0 += V) {
     vec acc[K] = {};
     for (int64_t c = 0; c < channels; ++c) {
-      const vec a = load_vec(a_rows + c * width + x0);
+      const vec a = load_vec(a_rows + c * stride + x0);
 #pragma GCC unroll 7
       for (int j = 0; j < K; ++j) acc[j] += a * load_vec(pads + c * padded + x0 + j);
     }
-    for (int j = 0; j < K; ++j) store_lanes<scalar_t, acc_t>(out + j * out_stride + x0, acc[j]);
-  }
-  for (; x0 < width; ++x0) {
+    const int64_t lanes = std::min<int64_t>(V, width - x0);
     for (int j = 0; j < K; ++j) {
-      acc_t sum = acc_t(0);
-      for (int64_t c = 0; c < channels; ++c) sum += a_rows[c * width + x0] * pads[c * padded + x0 + j];
-      out[j * out_stride + x0] = static_cast<scalar_t>(sum);
+      store_lanes<scalar_t, acc_t>(out + j * out_stride + x0, acc[j], lanes);
     }
   }
 }
@@ -582,14 +586,14 @@ template <int K, typename scalar_t, typename acc_t>
 FEATUP_INLINE void correlate_rows_blocked(const WindowArgs<scalar_t>& args, int64_t begin,
                                           int64_t end) {
   const WindowGeometry& g = args.g;
-  const int64_t plane = g.plane(), width = g.width, padded = width + K - 1;
-  const int64_t channels = args.channels;
-  std::vector<acc_t> a_rows(channels * width), pads(channels * padded);
+  const int64_t plane = g.plane(), width = g.width, stride = vector_stride<acc_t>(width);
+  const int64_t padded = stride + K - 1, channels = args.channels;
+  std::vector<acc_t> a_rows(channels * stride), pads(channels * padded);
   for (int64_t index = begin; index < end; ++index) {
     const int64_t n = index / g.height, y = index % g.height;
     const int64_t offset = n * channels * plane;
     for (int64_t c = 0; c < channels; ++c) {
-      copy_row(a_rows.data() + c * width, args.lhs + offset + c * plane + y * width, width);
+      copy_row(a_rows.data() + c * stride, args.lhs + offset + c * plane + y * width, width);
     }
     for (int i = 0; i < K; ++i) {
       scalar_t* out = args.out + (n * K * K + i * K) * plane + y * width;
