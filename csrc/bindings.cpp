@@ -17,6 +17,11 @@ TORCH_LIBRARY(featup_mmseg, m) {
   m.def(
       "adaptive_conv_backward_kernel(Tensor grad, Tensor features, int kernel_size,"
       " str padding_mode) -> Tensor");
+  // into a preallocated out, without autograd (the chunked JBU aggregation's own backward)
+  m.def("adaptive_conv_out(Tensor features, Tensor kernel, str padding_mode, Tensor(a!) out) -> ()");
+  m.def(
+      "adaptive_conv_backward_kernel_out(Tensor grad, Tensor features, int kernel_size,"
+      " str padding_mode, Tensor(a!) out, bool accumulate) -> ()");
   m.def("bicubic_resize(Tensor x, int[2] size) -> Tensor");
   m.def("bicubic_resize_backward(Tensor grad, int[2] input_size) -> Tensor");
 }
@@ -27,6 +32,8 @@ TORCH_LIBRARY(featup_mmseg, m) {
   m.impl("adaptive_conv", &featup_mmseg::adaptive_conv);                                 \
   m.impl("adaptive_conv_backward_features", &featup_mmseg::adaptive_conv_backward_features); \
   m.impl("adaptive_conv_backward_kernel", &featup_mmseg::adaptive_conv_backward_kernel); \
+  m.impl("adaptive_conv_out", &featup_mmseg::adaptive_conv_out);                         \
+  m.impl("adaptive_conv_backward_kernel_out", &featup_mmseg::adaptive_conv_backward_kernel_out); \
   m.impl("bicubic_resize", &featup_mmseg::bicubic_resize);                               \
   m.impl("bicubic_resize_backward", &featup_mmseg::bicubic_resize_backward)
 

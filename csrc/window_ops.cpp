@@ -72,32 +72,55 @@ int64_t kernel_size_from_taps(const char* op, int64_t taps) {
   return k;
 }
 
-// out (B, k*k, H, W) = correlation of a (B, C, H, W) with the k x k windows of b.
+// The result of an op that writes into a caller's tensor (`into`, or else a new one of
+// `like`'s dtype and device): contiguous, of that shape, dtype and device.
+at::Tensor output(const char* op, at::IntArrayRef sizes, const at::Tensor& like,
+                  const at::Tensor* into) {
+  if (into == nullptr) return at::empty(sizes, like.options());
+  TORCH_CHECK(into->device() == like.device() && into->scalar_type() == like.scalar_type(), op,
+              ": out must be a ", like.scalar_type(), " tensor on ", like.device(), ", got ",
+              into->scalar_type(), " on ", into->device());
+  TORCH_CHECK(into->sizes() == sizes, op, ": out must have shape ", sizes, ", got ",
+              into->sizes());
+  TORCH_CHECK(into->is_contiguous(), op, ": out must be contiguous");
+  return *into;
+}
+
+// out (B, k*k, H, W) = correlation of a (B, C, H, W) with the k x k windows of b; into
+// `into` where given, added to it with accumulate.
 at::Tensor correlate(const char* op, const char* a_name, const at::Tensor& a, const char* b_name,
-                     const at::Tensor& b, int64_t kernel_size, c10::string_view padding_mode) {
+                     const at::Tensor& b, int64_t kernel_size, c10::string_view padding_mode,
+                     const at::Tensor* into = nullptr, bool accumulate = false) {
   check_map(op, b_name, b);
   check_companion(op, b_name, b, a_name, a);
   TORCH_CHECK(a.size(1) == b.size(1), op, ": ", a_name, " must have ", b.size(1),
               " channels like ", b_name, ", got ", a.size(1));
   const WindowGeometry g = make_geometry(op, b, kernel_size, padding_mode);
-  at::Tensor out = at::empty({b.size(0), g.taps(), g.height, g.width}, b.options());
+  at::Tensor out = output(op, {b.size(0), g.taps(), g.height, g.width}, b, into);
   if (out.numel() == 0) return out;
   // No channels to sum over (the launchers never see an empty input: see below).
-  if (a.size(1) == 0) return out.zero_();
-  FEATUP_LAUNCHER(window_correlate)(a.contiguous(), b.contiguous(), out, g);
+  if (a.size(1) == 0) return accumulate ? out : out.zero_();
+  if (accumulate && out.is_cuda()) return out.add_(correlate(op, a_name, a, b_name, b,
+                                                             kernel_size, padding_mode));
+  if (accumulate) {
+    window_correlate_accumulate_cpu(a.contiguous(), b.contiguous(), out, g);
+  } else {
+    FEATUP_LAUNCHER(window_correlate)(a.contiguous(), b.contiguous(), out, g);
+  }
   return out;
 }
 
-// out (B, C, H, W) from a per-pixel kernel (B, k*k, H, W) acting on planes (B, C, H, W).
+// out (B, C, H, W) from a per-pixel kernel (B, k*k, H, W) acting on planes (B, C, H, W);
+// into `into` where given.
 at::Tensor kernel_over_planes(const char* op, const char* planes_name, const at::Tensor& planes,
                               const at::Tensor& kernel, c10::string_view padding_mode,
-                              const Launcher& launcher) {
+                              const Launcher& launcher, const at::Tensor* into = nullptr) {
   check_map(op, planes_name, planes);
   check_companion(op, planes_name, planes, "kernel", kernel);
   const int64_t k = kernel_size_from_taps(op, kernel.size(1));
   const WindowGeometry g = make_geometry(op, planes, k, padding_mode);
   const at::Tensor planes_c = planes.contiguous();
-  at::Tensor out = at::empty_like(planes_c);
+  at::Tensor out = output(op, planes_c.sizes(), planes_c, into);
   if (out.numel() == 0) return out;
   launcher(kernel.contiguous(), planes_c, out, g);
   return out;
@@ -148,6 +171,19 @@ at::Tensor adaptive_conv_backward_kernel(const at::Tensor& grad, const at::Tenso
                                          int64_t kernel_size, c10::string_view padding_mode) {
   return correlate("adaptive_conv_backward_kernel", "grad", grad, "features", features,
                    kernel_size, padding_mode);
+}
+
+void adaptive_conv_out(const at::Tensor& features, const at::Tensor& kernel,
+                       c10::string_view padding_mode, at::Tensor& out) {
+  kernel_over_planes("adaptive_conv_out", "features", features, kernel, padding_mode,
+                     FEATUP_LAUNCHER(window_aggregate), &out);
+}
+
+void adaptive_conv_backward_kernel_out(const at::Tensor& grad, const at::Tensor& features,
+                                       int64_t kernel_size, c10::string_view padding_mode,
+                                       at::Tensor& out, bool accumulate) {
+  correlate("adaptive_conv_backward_kernel_out", "grad", grad, "features", features,
+            kernel_size, padding_mode, &out, accumulate);
 }
 
 }  // namespace featup_mmseg

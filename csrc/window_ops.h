@@ -25,9 +25,20 @@ at::Tensor adaptive_conv_backward_features(const at::Tensor& grad, const at::Ten
 at::Tensor adaptive_conv_backward_kernel(const at::Tensor& grad, const at::Tensor& features,
                                          int64_t kernel_size, c10::string_view padding_mode);
 
+// Into a preallocated out (contiguous, of the op's result shape, dtype and device): the
+// chunked JBU aggregation writes its chunks in place; accumulate adds to what out holds.
+void adaptive_conv_out(const at::Tensor& features, const at::Tensor& kernel,
+                       c10::string_view padding_mode, at::Tensor& out);
+void adaptive_conv_backward_kernel_out(const at::Tensor& grad, const at::Tensor& features,
+                                       int64_t kernel_size, c10::string_view padding_mode,
+                                       at::Tensor& out, bool accumulate);
+
 // out[b, p, y, x] = sum_c a[b, c, y, x] * b~[b, c, y + i - r, x + j - r]
 void window_correlate_cpu(const at::Tensor& a, const at::Tensor& b, at::Tensor& out,
                           const WindowGeometry& g);
+// the same added to out
+void window_correlate_accumulate_cpu(const at::Tensor& a, const at::Tensor& b, at::Tensor& out,
+                                     const WindowGeometry& g);
 // out[b, c, y, x] = sum_p kernel[b, p, y, x] * values~[b, c, y + i - r, x + j - r]
 void window_aggregate_cpu(const at::Tensor& kernel, const at::Tensor& values, at::Tensor& out,
                           const WindowGeometry& g);

@@ -1,4 +1,5 @@
 """Compiled window ops against the spec's formulas (the unfold reference), on CPU and CUDA."""
+import contextlib
 import itertools
 import os
 import subprocess
@@ -13,7 +14,8 @@ import torch.nn.functional as F
 from featup_mmseg.ops import (PADDING_MODES, adaptive_conv, adaptive_conv_reference,
                               adaptive_conv_transpose, adaptive_conv_transpose_reference,
                               ext_available, use_reference_ops, window_correlation,
-                              window_correlation_reference)
+                              window_correlation_reference, window_cross_correlation,
+                              window_cross_correlation_reference)
 from featup_mmseg.ops import window_ops
 
 CUDA = pytest.param('cuda', marks=pytest.mark.skipif(not torch.cuda.is_available(),
@@ -430,6 +432,65 @@ def test_dispatcher_ops_check_their_arguments():
     with pytest.raises(RuntimeError, match=r'grad must have 9 channels'):
         torch.ops.featup_mmseg.window_correlation_backward(
             torch.randn(1, 8, 8, 8), torch.randn(1, 2, 8, 8), 3, 'zeros')
+
+
+# ----------------------------------------------------------------------------------------
+# out=: writing into a given tensor, and adding to it
+
+@pytest.mark.parametrize('device', DEVICES)
+@pytest.mark.parametrize('dtype', [torch.float64, torch.float32, torch.bfloat16])
+@pytest.mark.parametrize('kernel_size', [3, 7, 9])  # 9: the CPU's tap-by-tap loops
+@pytest.mark.parametrize('implementation', ['compiled', 'reference'])
+def test_out_writes_in_place_and_accumulates(device, dtype, kernel_size, implementation):
+    gen = torch.Generator().manual_seed(kernel_size)
+
+    def rand(*size):
+        return torch.randn(*size, generator=gen).to(device=device, dtype=dtype)
+
+    x, grad = rand(2, 5, 9, 21), rand(2, 5, 9, 21)
+    kernel = rand(2, kernel_size**2, 9, 21)
+    tolerance = {torch.float64: {}, torch.float32: dict(rtol=1e-5, atol=1e-5),
+                 torch.bfloat16: dict(rtol=0.02, atol=0.1)}[dtype]
+    context = use_reference_ops() if implementation == 'reference' else contextlib.nullcontext()
+    with context:
+        # a chunk of channels of one batch element of a larger result
+        result = torch.full((2, 8, 9, 21), 7.0, device=device, dtype=dtype)
+        chunk = result[1:, 2:7]
+        assert adaptive_conv(x[1:], kernel[1:], 'zeros', out=chunk) is chunk
+        torch.testing.assert_close(chunk, adaptive_conv(x[1:], kernel[1:], 'zeros'), rtol=0,
+                                   atol=0)
+        assert (result[:, :2] == 7).all() and (result[:, 7:] == 7).all() and (result[0] == 7).all()
+
+        correlation = window_cross_correlation(grad, x, kernel_size, 'reflect')
+        out = torch.empty_like(correlation)
+        window_cross_correlation(grad, x, kernel_size, 'reflect', out=out)
+        torch.testing.assert_close(out, correlation, rtol=0, atol=0)
+        window_cross_correlation(grad[:, :2], x[:, :2], kernel_size, 'reflect', out=out,
+                                 accumulate=True)
+        want = correlation.double() + window_cross_correlation_reference(
+            grad[:, :2].double(), x[:, :2].double(), kernel_size, 'reflect')
+        torch.testing.assert_close(out.double(), want, **tolerance)
+
+
+def test_bad_out_is_rejected_clearly():
+    x, kernel = torch.randn(1, 2, 8, 8), torch.randn(1, 9, 8, 8)
+    for out, message in [(torch.empty(1, 3, 8, 8), r'out must be a contiguous tensor of shape '
+                          r'\(1, 2, 8, 8\), got shape \(1, 3, 8, 8\)'),
+                         (torch.empty(1, 8, 8, 2).permute(0, 3, 1, 2), r'\(not contiguous\)'),
+                         (torch.empty(1, 2, 8, 8, dtype=torch.float64),
+                          r'out must be a torch.float32 tensor on cpu, got torch.float64')]:
+        with pytest.raises(ValueError, match=message):
+            adaptive_conv(x, kernel, 'zeros', out=out)
+    with pytest.raises(ValueError, match=r'out= does not support autograd'):
+        adaptive_conv(x.requires_grad_(), kernel, 'zeros', out=torch.empty(1, 2, 8, 8))
+    with pytest.raises(ValueError, match=r'accumulate=True needs out'):
+        window_cross_correlation(x, x, 3, 'zeros', accumulate=True)
+    with pytest.raises(TypeError, match=r'out must be a torch.Tensor, got list'):
+        window_cross_correlation(x, x, 3, 'zeros', out=[])
+    # the C++ entry checks too (direct torch.ops calls)
+    with pytest.raises(RuntimeError, match=r'out must have shape \[1, 9, 8, 8\]'):
+        torch.ops.featup_mmseg.adaptive_conv_backward_kernel_out(
+            x.detach(), x.detach(), 3, 'zeros', torch.empty(1, 2, 8, 8), False)
 
 
 # ----------------------------------------------------------------------------------------

@@ -244,6 +244,8 @@ struct WindowArgs {
   scalar_t* out;
   int64_t channels;
   WindowGeometry g;
+  // the correlation adds its result to out (the other ops ignore it)
+  bool accumulate;
 };
 
 // Each *_rows function computes output rows [begin, end) of (B * H) of one op.
@@ -298,6 +300,18 @@ FEATUP_INLINE void store_lanes(scalar_t* out, typename Simd<acc_t>::vec v,
   acc_t lanes[kLanes<acc_t>];
   store_vec(lanes, v);
   copy_row(out, lanes, n);
+}
+
+// out[x] += v[x] for the first n <= V lanes, summed in the accumulation type
+template <typename scalar_t, typename acc_t>
+FEATUP_INLINE void add_lanes(scalar_t* out, typename Simd<acc_t>::vec v,
+                             int64_t n = kLanes<acc_t>) {
+  if constexpr (std::is_same<scalar_t, acc_t>::value) {
+    if (n == kLanes<acc_t>) return store_vec(out, load_vec(out) + v);
+  }
+  acc_t lanes[kLanes<acc_t>];
+  store_vec(lanes, v);
+  for (int64_t x = 0; x < n; ++x) out[x] = static_cast<scalar_t>(acc_t(out[x]) + lanes[x]);
 }
 
 // x rounded up to a multiple of the vector width: the stride of scratch rows that partial
@@ -561,8 +575,8 @@ FEATUP_INLINE void correlation_backward_rows_blocked(const WindowArgs<scalar_t>&
 // out[j][x] = sum_c a_rows[c][x] * pads[c][x + j] for j < K: the K taps of one window row
 // of the correlation, summed over all channels in registers. The rows are S =
 // vector_stride(W) (a_rows) and S + K - 1 (pads) apart, with zeros beyond W and W + K - 1,
-// where the last vector, partial if W is not a multiple of V, reads.
-template <int K, typename scalar_t, typename acc_t>
+// where the last vector, partial if W is not a multiple of V, reads. kAccumulate adds to out.
+template <int K, bool kAccumulate, typename scalar_t, typename acc_t>
 FEATUP_INLINE void correlate_window_row(scalar_t* out, int64_t out_stride, const acc_t* a_rows,
                                         const acc_t* pads, int64_t channels, int64_t width) {
   using vec = typename Simd<acc_t>::vec;
@@ -577,7 +591,11 @@ FEATUP_INLINE void correlate_window_row(scalar_t* out, int64_t out_stride, const
     }
     const int64_t lanes = std::min<int64_t>(V, width - x0);
     for (int j = 0; j < K; ++j) {
-      store_lanes<scalar_t, acc_t>(out + j * out_stride + x0, acc[j], lanes);
+      if constexpr (kAccumulate) {
+        add_lanes<scalar_t, acc_t>(out + j * out_stride + x0, acc[j], lanes);
+      } else {
+        store_lanes<scalar_t, acc_t>(out + j * out_stride + x0, acc[j], lanes);
+      }
     }
   }
 }
@@ -599,13 +617,18 @@ FEATUP_INLINE void correlate_rows_blocked(const WindowArgs<scalar_t>& args, int6
       scalar_t* out = args.out + (n * K * K + i * K) * plane + y * width;
       const int64_t sy = border_index(y + i - g.radius, g.height, g.mode);
       if (sy < 0) {
+        if (args.accumulate) continue;
         for (int j = 0; j < K; ++j) std::fill(out + j * plane, out + j * plane + width, scalar_t(0));
         continue;
       }
       for (int64_t c = 0; c < channels; ++c) {
         load_padded_row(pads.data() + c * padded, args.rhs + offset + c * plane + sy * width, g);
       }
-      correlate_window_row<K>(out, plane, a_rows.data(), pads.data(), channels, width);
+      if (args.accumulate) {
+        correlate_window_row<K, true>(out, plane, a_rows.data(), pads.data(), channels, width);
+      } else {
+        correlate_window_row<K, false>(out, plane, a_rows.data(), pads.data(), channels, width);
+      }
     }
   }
 }
@@ -655,8 +678,13 @@ FEATUP_INLINE void correlate_rows(const WindowArgs<scalar_t>& args, int64_t begi
     correlate_row(acc.data(), pad.data(), args.lhs + n * channels * plane,
                   args.rhs + n * channels * plane, channels, g, y);
     for (int64_t p = 0; p < taps; ++p) {
-      copy_row(args.out + (n * taps + p) * plane + y * g.width, acc.data() + p * g.width,
-               g.width);
+      scalar_t* out = args.out + (n * taps + p) * plane + y * g.width;
+      const acc_t* sums = acc.data() + p * g.width;
+      if (args.accumulate) {
+        for (int64_t x = 0; x < g.width; ++x) out[x] = static_cast<scalar_t>(acc_t(out[x]) + sums[x]);
+      } else {
+        copy_row(out, sums, g.width);
+      }
     }
   }
 }
@@ -684,13 +712,14 @@ FEATUP_DEFINE_SIMD_ROWS(correlate_rows)
 
 // Runs rows(args, begin, end) over all B * H output rows in parallel; row_cost, the
 // multiply-adds per row, keeps tiny problems on one thread.
-#define FEATUP_LAUNCH_ROWS(rows, lhs_tensor, rhs_tensor, out_tensor, channels_, g_, row_cost) \
+#define FEATUP_LAUNCH_ROWS(rows, lhs_tensor, rhs_tensor, out_tensor, channels_, g_, row_cost, \
+                           accumulate_)                                                    \
   AT_DISPATCH_FLOATING_TYPES_AND2(                                                        \
       at::kHalf, at::kBFloat16, (rhs_tensor).scalar_type(), #rows, [&] {                  \
         const WindowArgs<scalar_t> args{(lhs_tensor).const_data_ptr<scalar_t>(),          \
                                         (rhs_tensor).const_data_ptr<scalar_t>(),          \
                                         (out_tensor).mutable_data_ptr<scalar_t>(),        \
-                                        channels_, g_};                                   \
+                                        channels_, g_, accumulate_};                      \
         constexpr int64_t kMinTaskCost = int64_t(1) << 15;                                \
         const int64_t grain = std::max<int64_t>(1, kMinTaskCost / std::max<int64_t>(row_cost, 1)); \
         at::parallel_for(0, (rhs_tensor).size(0) * (g_).height, grain,                 \
@@ -701,25 +730,32 @@ FEATUP_DEFINE_SIMD_ROWS(correlate_rows)
 
 void window_correlate_cpu(const at::Tensor& a, const at::Tensor& b, at::Tensor& out,
                           const WindowGeometry& g) {
-  FEATUP_LAUNCH_ROWS(correlate_rows, a, b, out, a.size(1), g, a.size(1) * g.taps() * g.width);
+  FEATUP_LAUNCH_ROWS(correlate_rows, a, b, out, a.size(1), g, a.size(1) * g.taps() * g.width,
+                     false);
+}
+
+void window_correlate_accumulate_cpu(const at::Tensor& a, const at::Tensor& b, at::Tensor& out,
+                                     const WindowGeometry& g) {
+  FEATUP_LAUNCH_ROWS(correlate_rows, a, b, out, a.size(1), g, a.size(1) * g.taps() * g.width,
+                     true);
 }
 
 void window_aggregate_cpu(const at::Tensor& kernel, const at::Tensor& values, at::Tensor& out,
                           const WindowGeometry& g) {
   FEATUP_LAUNCH_ROWS(aggregate_rows, kernel, values, out, values.size(1), g,
-                     values.size(1) * g.taps() * g.width);
+                     values.size(1) * g.taps() * g.width, false);
 }
 
 void window_aggregate_adjoint_cpu(const at::Tensor& kernel, const at::Tensor& a,
                                   at::Tensor& out, const WindowGeometry& g) {
   FEATUP_LAUNCH_ROWS(aggregate_adjoint_rows, kernel, a, out, a.size(1), g,
-                     a.size(1) * g.taps() * g.width);
+                     a.size(1) * g.taps() * g.width, false);
 }
 
 void window_correlation_backward_cpu(const at::Tensor& grad, const at::Tensor& keys,
                                      at::Tensor& out, const WindowGeometry& g) {
   FEATUP_LAUNCH_ROWS(correlation_backward_rows, grad, keys, out, keys.size(1), g,
-                     2 * keys.size(1) * g.taps() * g.width);
+                     2 * keys.size(1) * g.taps() * g.width, false);
 }
 
 }  // namespace featup_mmseg

@@ -154,7 +154,11 @@ class _ResizedAdaptiveConv(torch.autograd.Function):
         out = source.new_empty((batch, channels, *kernel.shape[-2:]))
         for samples, channel_range in chunks:
             resized = resizer.resize(source[samples, channel_range])
-            out[samples, channel_range] = adaptive_conv(resized, kernel[samples], padding_mode)
+            target = out[samples, channel_range]
+            if target.is_contiguous():  # a chunk of one batch element: written in place
+                adaptive_conv(resized, kernel[samples], padding_mode, out=target)
+            else:
+                target.copy_(adaptive_conv(resized, kernel[samples], padding_mode))
         return out
 
     @staticmethod
@@ -164,7 +168,12 @@ class _ResizedAdaptiveConv(torch.autograd.Function):
         needs_source, needs_kernel = ctx.needs_input_grad[:2]
         mode, kernel_size = ctx.padding_mode, math.isqrt(kernel.shape[1])
         grad_source = torch.empty_like(source) if needs_source else None
-        # the kernel gradient of each batch range, summed over its channel chunks
+        # The kernel gradient of each batch range, summed over its channel chunks: in place
+        # (the first chunk writes it, the others add to it), unless this backward must be
+        # differentiable (create_graph), which the in-place ops are not.
+        in_place = needs_kernel and not torch.is_grad_enabled()
+        grad_kernel = (torch.zeros_like(kernel) if not ctx.chunks  # no channels
+                       else torch.empty_like(kernel)) if in_place else None
         grad_kernels = {}
         for samples, channel_range in ctx.chunks:
             # contiguous once here, not in each of the two ops (a no-op for the chunks of
@@ -172,15 +181,20 @@ class _ResizedAdaptiveConv(torch.autograd.Function):
             grad_chunk = grad[samples, channel_range].contiguous()
             if needs_kernel:
                 resized = resizer.resize(source[samples, channel_range])
-                part = window_cross_correlation(grad_chunk, resized, kernel_size, mode)
                 key = (samples.start, samples.stop)
-                grad_kernels[key] = part if key not in grad_kernels else \
-                    grad_kernels[key].add_(part)
+                if in_place:
+                    window_cross_correlation(grad_chunk, resized, kernel_size, mode,
+                                             out=grad_kernel[samples],
+                                             accumulate=key in grad_kernels)
+                    grad_kernels[key] = None
+                else:
+                    part = window_cross_correlation(grad_chunk, resized, kernel_size, mode)
+                    grad_kernels[key] = part if key not in grad_kernels else \
+                        grad_kernels[key].add_(part)
             if needs_source:
                 grad_source[samples, channel_range] = resizer.adjoint(
                     adaptive_conv_transpose(grad_chunk, kernel[samples], mode))
-        grad_kernel = None
-        if needs_kernel:
+        if needs_kernel and not in_place:
             parts = list(grad_kernels.values())
             grad_kernel = (torch.zeros_like(kernel) if not parts  # no channels
                            else parts[0] if len(parts) == 1 else torch.cat(parts))

@@ -144,6 +144,23 @@ def _check_window(op: str, kernel_size, padding_mode, height: int, width: int) -
             "larger input or padding_mode='zeros'/'replicate'")
 
 
+def _check_out(op: str, out, shape, like: torch.Tensor, inputs) -> None:
+    """``out``: a contiguous tensor of the result's shape, dtype and device, and no
+    gradient to track (an op writing into a given tensor is not differentiable)."""
+    if not isinstance(out, torch.Tensor):
+        raise TypeError(f'{op}: out must be a torch.Tensor, got {type(out).__name__}')
+    if out.device != like.device or out.dtype != like.dtype:
+        raise ValueError(f'{op}: out must be a {like.dtype} tensor on {like.device}, got '
+                         f'{out.dtype} on {out.device}')
+    if tuple(out.shape) != tuple(shape) or not out.is_contiguous():
+        raise ValueError(f'{op}: out must be a contiguous tensor of shape {tuple(shape)}, got '
+                         f'shape {tuple(out.shape)}'
+                         + ('' if out.is_contiguous() else ' (not contiguous)'))
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (out, *inputs)):
+        raise ValueError(f'{op}: out= does not support autograd; call it under '
+                         'torch.no_grad() or leave out out')
+
+
 def _kernel_size_from_taps(op: str, taps: int) -> int:
     kernel_size = math.isqrt(taps)
     if kernel_size * kernel_size != taps or kernel_size % 2 == 0:
@@ -196,7 +213,9 @@ def window_correlation(q: torch.Tensor, kernel_size: int = 7,
 
 
 def window_cross_correlation(queries: torch.Tensor, keys: torch.Tensor, kernel_size: int = 7,
-                             padding_mode: str = 'reflect') -> torch.Tensor:
+                             padding_mode: str = 'reflect', *,
+                             out: Optional[torch.Tensor] = None,
+                             accumulate: bool = False) -> torch.Tensor:
     """Dot products of every query with the keys of the k x k window at its position.
 
     ``logits[b, p, y, x] = sum_d queries[b, d, y, x] * keys~[b, d, y + i - r, x + j - r]`` for
@@ -208,6 +227,10 @@ def window_cross_correlation(queries: torch.Tensor, keys: torch.Tensor, kernel_s
         keys: (B, D, H, W), same dtype and device as ``queries``.
         kernel_size: odd window size k.
         padding_mode: 'reflect', 'zeros' or 'replicate'.
+        out: optional contiguous (B, k*k, H, W) tensor of the inputs' dtype and device to
+            write the result into (then returned), without autograd; e.g. a kernel
+            gradient summed over channel chunks.
+        accumulate: with ``out``, add the result to what ``out`` holds.
 
     Returns:
         (B, k*k, H, W) tensor of the inputs' dtype.
@@ -220,6 +243,17 @@ def window_cross_correlation(queries: torch.Tensor, keys: torch.Tensor, kernel_s
         raise ValueError(f'{op}: queries and keys must have the same shape (B, D, H, W), got '
                          f'{tuple(queries.shape)} and {tuple(keys.shape)}')
     _check_window(op, kernel_size, padding_mode, keys.shape[2], keys.shape[3])
+    if out is not None:
+        _check_out(op, out, (keys.shape[0], kernel_size**2, *keys.shape[2:]), keys,
+                   (queries, keys))
+        if _use_ext(keys.device):
+            torch.ops.featup_mmseg.adaptive_conv_backward_kernel_out(
+                queries, keys, kernel_size, padding_mode, out, bool(accumulate))
+            return out
+        result = window_cross_correlation_reference(queries, keys, kernel_size, padding_mode)
+        return out.add_(result) if accumulate else out.copy_(result)
+    if accumulate:
+        raise ValueError(f'{op}: accumulate=True needs out (the tensor to add to)')
     if _use_ext(keys.device):
         # The kernel-gradient op of adaptive_conv is this correlation (its grad_out plays the
         # queries), with autograd of any order already registered.
@@ -228,8 +262,8 @@ def window_cross_correlation(queries: torch.Tensor, keys: torch.Tensor, kernel_s
     return window_cross_correlation_reference(queries, keys, kernel_size, padding_mode)
 
 
-def adaptive_conv(x: torch.Tensor, kernel: torch.Tensor,
-                  padding_mode: Optional[str] = None) -> torch.Tensor:
+def adaptive_conv(x: torch.Tensor, kernel: torch.Tensor, padding_mode: Optional[str] = None, *,
+                  out: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Convolution of ``x`` with a k x k kernel that varies per pixel.
 
     ``out[b, c, y, x] = sum_p kernel[b, p, y, x] * x~[b, c, y + i - r, x + j - r]`` for tap
@@ -242,12 +276,17 @@ def adaptive_conv(x: torch.Tensor, kernel: torch.Tensor,
             (B, C, H + 2r, W + 2r); ``padding_mode`` must then be left out (the caller
             padded).
         padding_mode: 'reflect' (the default), 'zeros' or 'replicate'.
+        out: optional contiguous (B, C, H, W) tensor of x's dtype and device to write the
+            result into (then returned), without autograd; e.g. a channel slice of a
+            larger result.
 
     Returns:
         (B, C, H, W) tensor of x's dtype.
     """
     op = 'adaptive_conv'
     if isinstance(kernel, torch.Tensor) and kernel.dim() == 5:
+        if out is not None:
+            raise ValueError(f"{op}: out is not supported with FeatUp's 5-D kernel layout")
         if padding_mode is not None:
             raise ValueError(f'{op}: padding_mode does not apply to FeatUp\'s layout (a 5-D '
                              f'kernel with x already padded), got {padding_mode!r}; leave it '
@@ -257,6 +296,12 @@ def adaptive_conv(x: torch.Tensor, kernel: torch.Tensor,
         padding_mode = 'reflect'
     _check_features_and_kernel(op, 'x', x, kernel, padding_mode,
                                "4-D (B, k*k, H, W) (or FeatUp's 5-D (B, H, W, k, k))")
+    if out is not None:
+        _check_out(op, out, x.shape, x, (x, kernel))
+        if _use_ext(x.device):
+            torch.ops.featup_mmseg.adaptive_conv_out(x, kernel, padding_mode, out)
+            return out
+        return out.copy_(adaptive_conv_reference(x, kernel, padding_mode))
     if _use_ext(x.device):
         return _compiled_ops.adaptive_conv(x, kernel, padding_mode)
     return adaptive_conv_reference(x, kernel, padding_mode)
@@ -486,6 +531,10 @@ def _register_fake_kernels() -> None:
         'adaptive_conv_backward_kernel':
             lambda grad, features, kernel_size, mode: taps_like(features, kernel_size),
         'bicubic_resize': lambda x, size: x.new_empty((*x.shape[:2], *size)),
+        # the ops writing into a given tensor return nothing
+        'adaptive_conv_out': lambda features, kernel, mode, out: None,
+        'adaptive_conv_backward_kernel_out':
+            lambda grad, features, kernel_size, mode, out, accumulate: None,
         'bicubic_resize_backward':
             lambda grad, input_size: grad.new_empty((*grad.shape[:2], *input_size)),
     }
