@@ -18,7 +18,9 @@ TORCH_LIBRARY(featup_mmseg, m) {
       "adaptive_conv_backward_kernel(Tensor grad, Tensor features, int kernel_size,"
       " str padding_mode) -> Tensor");
   // into a preallocated out, without autograd (the chunked JBU aggregation's own backward)
-  m.def("adaptive_conv_out(Tensor features, Tensor kernel, str padding_mode, Tensor(a!) out) -> ()");
+  m.def(
+      "adaptive_conv_out(Tensor features, Tensor kernel, str padding_mode, Tensor(a!) out)"
+      " -> ()");
   m.def(
       "adaptive_conv_backward_kernel_out(Tensor grad, Tensor features, int kernel_size,"
       " str padding_mode, Tensor(a!) out, bool accumulate) -> ()");

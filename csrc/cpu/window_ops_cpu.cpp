@@ -352,8 +352,8 @@ FEATUP_INLINE void aggregate_channel_block(scalar_t* const* out, const acc_t* ta
   }
 }
 
-// The first column of the vectors (and tail) of the blocked loops that reach beyond the
-// right border by `reach` columns: the padded rows are filled from there on.
+// The first column of the vectors (the partial last one too) of the blocked loops that reach
+// beyond the right border by `reach` columns: the padded rows are filled from there on.
 template <typename acc_t>
 FEATUP_INLINE int64_t first_border_vector(int64_t width, int64_t reach) {
   constexpr int V = kLanes<acc_t>;
@@ -496,10 +496,9 @@ FEATUP_INLINE void aggregate_adjoint_rows_blocked(const WindowArgs<scalar_t>& ar
   const int64_t padded_width = width + 2 * (K - 1) + V;
   // the row entries the padded vectors read: the left border's, the first inner one's
   // (x < V + r), and from the first inner one that reaches beyond the right border on
-  int64_t right = 0;
-  while (right + r + V <= width) right += V;
   const int64_t left = std::min<int64_t>(V + r, width);
-  right = kDirect ? std::max<int64_t>(std::min(right - r, width - r), 0) : 0;
+  const int64_t right = kDirect ? std::max<int64_t>(
+      std::min(first_border_vector<acc_t>(width, r) - r, width - r), 0) : 0;
   std::vector<int64_t> source_rows;
   std::vector<acc_t> padded_taps, a_rows, acc(kDirect ? 0 : kChannelBlock * width);
   std::vector<const acc_t*> direct, padded;
@@ -681,7 +680,9 @@ FEATUP_INLINE void correlate_rows(const WindowArgs<scalar_t>& args, int64_t begi
       scalar_t* out = args.out + (n * taps + p) * plane + y * g.width;
       const acc_t* sums = acc.data() + p * g.width;
       if (args.accumulate) {
-        for (int64_t x = 0; x < g.width; ++x) out[x] = static_cast<scalar_t>(acc_t(out[x]) + sums[x]);
+        for (int64_t x = 0; x < g.width; ++x) {
+          out[x] = static_cast<scalar_t>(acc_t(out[x]) + sums[x]);
+        }
       } else {
         copy_row(out, sums, g.width);
       }
