@@ -100,6 +100,12 @@ FEATUP_INLINE void copy_row(dst_t* __restrict__ dst, const src_t* __restrict__ s
   for (int64_t x = 0; x < n; ++x) dst[x] = static_cast<dst_t>(src[x]);
 }
 
+// dst[x] += src[x] for x in [0, n), summed in src's (the accumulation) type
+template <typename dst_t, typename src_t>
+FEATUP_INLINE void add_row(dst_t* __restrict__ dst, const src_t* __restrict__ src, int64_t n) {
+  for (int64_t x = 0; x < n; ++x) dst[x] = static_cast<dst_t>(src_t(dst[x]) + src[x]);
+}
+
 // pad[p] = row~[p - r] for p in [from, to): part of one source row with its borders
 // resolved (pad has W + 2r entries).
 template <typename acc_t, typename scalar_t>
@@ -311,7 +317,7 @@ FEATUP_INLINE void add_lanes(scalar_t* out, typename Simd<acc_t>::vec v,
   }
   acc_t lanes[kLanes<acc_t>];
   store_vec(lanes, v);
-  for (int64_t x = 0; x < n; ++x) out[x] = static_cast<scalar_t>(acc_t(out[x]) + lanes[x]);
+  add_row(out, lanes, n);
 }
 
 // x rounded up to a multiple of the vector width: the stride of scratch rows that partial
@@ -449,34 +455,31 @@ FEATUP_INLINE void aggregate_adjoint_channel_block(acc_t* const* dst, const acc_
   constexpr int V = kLanes<acc_t>, r = K / 2;
   const int64_t width = g.width;
   vec acc[CB];
-  acc_t lanes[CB][V];
   for (int64_t x0 = 0; x0 < width; x0 += V) {
     const int64_t t0 = x0 + r;
     adjoint_lanes<K, CB>(acc, taps, t0 >= K - 1 && t0 + V <= width ? direct : padded, count,
                          taps_width, t0);
+    const int64_t n = std::min<int64_t>(V, width - x0);
     for (int c = 0; c < CB; ++c) {
-      if (x0 + V <= width) {
-        store_vec(dst[c] + x0, kAccumulate ? load_vec(dst[c] + x0) + acc[c] : acc[c]);
-        continue;
-      }
-      store_vec(lanes[c], acc[c]);
-      for (int64_t x = x0; x < width; ++x) {
-        dst[c][x] = kAccumulate ? dst[c][x] + lanes[c][x - x0] : lanes[c][x - x0];
+      if constexpr (kAccumulate) {
+        add_lanes<acc_t, acc_t>(dst[c] + x0, acc[c], n);
+      } else {
+        store_lanes<acc_t, acc_t>(dst[c] + x0, acc[c], n);
       }
     }
   }
   // window columns -r..-1 (lanes 0..r-1 of t0 = 0) and W..W+r-1 (of t0 = W + r), added in
   // the order of fold_padded_row
-  acc_t beyond[CB][V];
+  acc_t before[CB][V], beyond[CB][V];
   adjoint_lanes<K, CB>(acc, taps, padded, count, taps_width, 0);
-  for (int c = 0; c < CB; ++c) store_vec(lanes[c], acc[c]);
+  for (int c = 0; c < CB; ++c) store_vec(before[c], acc[c]);
   adjoint_lanes<K, CB>(acc, taps, padded, count, taps_width, width + r);
   for (int c = 0; c < CB; ++c) store_vec(beyond[c], acc[c]);
   for (int t = 1; t <= r; ++t) {
     const int64_t left = border_index(-t, width, g.mode);
     const int64_t right = border_index(width - 1 + t, width, g.mode);
     for (int c = 0; c < CB; ++c) {
-      if (left >= 0) dst[c][left] += lanes[c][r - t];
+      if (left >= 0) dst[c][left] += before[c][r - t];
       if (right >= 0) dst[c][right] += beyond[c][t - 1];
     }
   }
@@ -680,9 +683,7 @@ FEATUP_INLINE void correlate_rows(const WindowArgs<scalar_t>& args, int64_t begi
       scalar_t* out = args.out + (n * taps + p) * plane + y * g.width;
       const acc_t* sums = acc.data() + p * g.width;
       if (args.accumulate) {
-        for (int64_t x = 0; x < g.width; ++x) {
-          out[x] = static_cast<scalar_t>(acc_t(out[x]) + sums[x]);
-        }
+        add_row(out, sums, g.width);
       } else {
         copy_row(out, sums, g.width);
       }
