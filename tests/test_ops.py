@@ -485,6 +485,8 @@ def test_bad_out_is_rejected_clearly():
         adaptive_conv(x.requires_grad_(), kernel, 'zeros', out=torch.empty(1, 2, 8, 8))
     with pytest.raises(ValueError, match=r'accumulate=True needs out'):
         window_cross_correlation(x, x, 3, 'zeros', accumulate=True)
+    with pytest.raises(TypeError, match=r'accumulate must be a bool, got str'):
+        window_cross_correlation(x, x, 3, 'zeros', out=torch.empty(1, 9, 8, 8), accumulate='no')
     with pytest.raises(TypeError, match=r'out must be a torch.Tensor, got list'):
         window_cross_correlation(x, x, 3, 'zeros', out=[])
     # the C++ entry checks too (direct torch.ops calls)

@@ -243,12 +243,14 @@ def window_cross_correlation(queries: torch.Tensor, keys: torch.Tensor, kernel_s
         raise ValueError(f'{op}: queries and keys must have the same shape (B, D, H, W), got '
                          f'{tuple(queries.shape)} and {tuple(keys.shape)}')
     _check_window(op, kernel_size, padding_mode, keys.shape[2], keys.shape[3])
+    if not isinstance(accumulate, bool):
+        raise TypeError(f'{op}: accumulate must be a bool, got {type(accumulate).__name__}')
     if out is not None:
         _check_out(op, out, (keys.shape[0], kernel_size**2, *keys.shape[2:]), keys,
                    (queries, keys))
         if _use_ext(keys.device):
             torch.ops.featup_mmseg.adaptive_conv_backward_kernel_out(
-                queries, keys, kernel_size, padding_mode, out, bool(accumulate))
+                queries, keys, kernel_size, padding_mode, out, accumulate)
             return out
         result = window_cross_correlation_reference(queries, keys, kernel_size, padding_mode)
         return out.add_(result) if accumulate else out.copy_(result)
