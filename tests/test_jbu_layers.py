@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from featup_mmseg.layers import (RANGE_KERNELS, JBUStack, JBUStage, jbu_guidance_products,
                                   stage_sizes)
 from featup_mmseg.layers import bicubic
+from featup_mmseg.layers import jbu_stage as jbu_stage_module
 from featup_mmseg.layers.bicubic import bicubic_resize, resized_adaptive_conv
 from featup_mmseg.layers.jbu_stage import conv1x1, residual_conv1x1
 from featup_mmseg.ops import adaptive_conv, use_reference_ops, window_ops
@@ -490,10 +491,15 @@ def _assert_stage_matches_spec(stage):
     return guidance
 
 
-def test_stages_sharing_a_guidance_project_it_together_like_the_spec():
+@pytest.mark.parametrize('recomputing', [False, True], ids=['stored', 'recomputing'])
+def test_stages_sharing_a_guidance_project_it_together_like_the_spec(recomputing, monkeypatch):
     """jbu_guidance_products: one product of the guidance for several stages (here one of
     each range kernel, with different key_dim), the same outputs and gradients as the
-    spec's, in train mode too (the same dropout masks)."""
+    spec's, in train mode too (the same dropout masks); with the kernels and products
+    recomputed in the backward (CPU training) and stored (a GPU's path, forced here)."""
+    monkeypatch.setattr(jbu_stage_module, 'recomputes_kernel',
+                        lambda guidance, real=jbu_stage_module.recomputes_kernel:
+                        recomputing and real(guidance))
     stages = [_randomise(JBUStage(guidance_dim=5, key_dim=key_dim, radius=2,
                                   range_kernel=range_kernel).double())
               for key_dim, range_kernel in zip((4, 3, 6, 2), RANGE_KERNELS)]
@@ -521,6 +527,8 @@ def test_stages_sharing_a_guidance_project_it_together_like_the_spec():
         for g, w in zip(torch.autograd.grad(outs, inputs, grads),
                         torch.autograd.grad(expected, inputs, grads)):
             torch.testing.assert_close(g, w, rtol=0, atol=1e-10)
+    with torch.no_grad():
+        products = jbu_guidance_products(stages, guidance)
     with pytest.raises(ValueError, match=r'JBUStage: products must be \(B, n, H, W\) = '
                        r'\(2, 29, 11, 9\) \(the guidance through guidance_projection\(\)\), '
                        r'got \(2, 29, 11, 8\)'):
@@ -548,6 +556,41 @@ def test_softmax_kernels_normalise_like_the_spec_with_and_without_the_clamp(
         assert (combined.sum(1) < 1e-7).any()  # the clamp acts at some pixels
 
 
+@pytest.mark.parametrize('range_kernel', RANGE_KERNELS)
+def test_cpu_training_stage_stores_only_its_inputs_and_recomputes_the_rest(range_kernel,
+                                                                           monkeypatch):
+    """CPU training: a stage stores neither its kernel nor anything it is made of, nor
+    the resized features, only source, guidance and its parameters; the backward
+    recomputes the kernel with the forward's dropout masks, giving the gradients of
+    torch's checkpointing of the kernel (the path with products given, or on a GPU)."""
+    torch.manual_seed(0)
+    stage = _randomise(JBUStage(guidance_dim=6, key_dim=4, range_kernel=range_kernel)
+                       .double()).train()
+    source = torch.randn(2, 5, 6, 7, dtype=torch.float64, requires_grad=True)
+    guidance = torch.randn(2, 6, 12, 14, dtype=torch.float64, requires_grad=True)
+    inputs = (source, guidance, *stage.parameters())
+    grad = torch.randn(2, 5, 12, 14, dtype=torch.float64)
+    results = {}
+    for recomputing in (True, False):
+        monkeypatch.setattr(jbu_stage_module, 'recomputes_kernel',
+                            lambda guidance, real=jbu_stage_module.recomputes_kernel:
+                            recomputing and real(guidance))
+        for shared in (False, True):
+            torch.manual_seed(1)
+            products = jbu_guidance_products([stage], guidance)[0] if shared else None
+            saved = []
+            with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t,
+                                                          lambda t: t):
+                out = stage(source, guidance, products=products)
+            if recomputing:
+                assert {t.data_ptr() for t in saved} == {t.data_ptr() for t in inputs}
+            results[recomputing, shared] = (out, *torch.autograd.grad(out, inputs, grad))
+    want = results[False, False]
+    for key, got in results.items():
+        for tensor, expected in zip(got, want):
+            torch.testing.assert_close(tensor, expected, rtol=0, atol=1e-10)
+
+
 def test_stage_gradcheck_tiny():
     stage = _randomise(JBUStage(guidance_dim=2, key_dim=2, radius=1).double()).eval()
     source = torch.randn(1, 2, 3, 3, dtype=torch.float64, requires_grad=True)
@@ -562,6 +605,10 @@ def test_stage_second_order_gradients():
     source = torch.randn(1, 2, 3, 3, dtype=torch.float64, requires_grad=True)
     guidance = torch.randn(1, 2, 5, 4, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradgradcheck(stage, (source, guidance))
+    # with the guidance products given (recomputed in the backward, not stored)
+    assert torch.autograd.gradgradcheck(
+        lambda s, g: stage(s, g, products=jbu_guidance_products([stage], g)[0]),
+        (source, guidance))
 
 
 @pytest.mark.skipif(

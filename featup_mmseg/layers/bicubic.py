@@ -127,55 +127,67 @@ def resized_adaptive_conv(source: torch.Tensor, kernel: torch.Tensor,
         kernel: (B, k*k, H, W), same dtype and device.
         padding_mode: as in :func:`featup_mmseg.ops.adaptive_conv`.
     """
-    if kernel.dim() != 4 or source.dim() != 4 or kernel.shape[0] != source.shape[0]:
-        raise ValueError('resized_adaptive_conv: source (B, C, h, w) and kernel (B, k*k, H, W) '
-                         f'must be 4-D with the same batch, got {tuple(source.shape)} and '
-                         f'{tuple(kernel.shape)}')
-    resizer = _Resizer(source, kernel.shape[-2:])
-    batch, _, height, width = kernel.shape
-    if source.device.type == 'cpu':
-        # one batch element per chunk: its channel slices are contiguous, so neither the
-        # ops nor the gradient's chunks copy them
-        limit, batch_per_chunk = RESIZED_CHUNK_BYTES, 1
-    else:
-        limit, batch_per_chunk = ACCELERATOR_RESIZED_CHUNK_BYTES, batch
-    chunk_bytes = max(batch_per_chunk * height * width * source.element_size(), 1)
-    chunks = _chunks(batch, batch_per_chunk, source.shape[1], max(1, limit // chunk_bytes))
-    return _ResizedAdaptiveConv.apply(source, kernel, resizer, padding_mode, chunks)
+    aggregation = ResizedAggregation(source, kernel, padding_mode)
+    return _ResizedAdaptiveConv.apply(source, kernel, aggregation)
 
 
-class _ResizedAdaptiveConv(torch.autograd.Function):
+class ResizedAggregation:
+    """The forward and backward of :func:`resized_adaptive_conv` for one source and kernel
+    shape, for autograd Functions that keep (or recompute) source and kernel their own way.
 
-    @staticmethod
-    def forward(ctx, source, kernel, resizer, padding_mode, chunks):
-        ctx.save_for_backward(source, kernel)
-        ctx.resizer, ctx.padding_mode, ctx.chunks = resizer, padding_mode, chunks
+    Args:
+        source: (B, C, h, w).
+        kernel: (B, k*k, H, W), same dtype and device.
+        padding_mode: as in :func:`featup_mmseg.ops.adaptive_conv`.
+    """
+
+    def __init__(self, source: torch.Tensor, kernel: torch.Tensor, padding_mode: str):
+        if kernel.dim() != 4 or source.dim() != 4 or kernel.shape[0] != source.shape[0]:
+            raise ValueError('resized_adaptive_conv: source (B, C, h, w) and kernel '
+                             '(B, k*k, H, W) must be 4-D with the same batch, got '
+                             f'{tuple(source.shape)} and {tuple(kernel.shape)}')
+        self.resizer = _Resizer(source, kernel.shape[-2:])
+        self.padding_mode = padding_mode
+        batch, _, height, width = kernel.shape
+        if source.device.type == 'cpu':
+            # one batch element per chunk: its channel slices are contiguous, so neither the
+            # ops nor the gradient's chunks copy them
+            limit, batch_per_chunk = RESIZED_CHUNK_BYTES, 1
+        else:
+            limit, batch_per_chunk = ACCELERATOR_RESIZED_CHUNK_BYTES, batch
+        chunk_bytes = max(batch_per_chunk * height * width * source.element_size(), 1)
+        self.chunks = _chunks(batch, batch_per_chunk, source.shape[1],
+                              max(1, limit // chunk_bytes))
+
+    def forward(self, source: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+        """The aggregation of the resized source (B, C, H, W)."""
+        resizer, mode = self.resizer, self.padding_mode
         batch, channels = source.shape[:2]
         out = source.new_empty((batch, channels, *kernel.shape[-2:]))
-        for samples, channel_range in chunks:
+        for samples, channel_range in self.chunks:
             resized = resizer.resize(source[samples, channel_range])
             target = out[samples, channel_range]
             if target.is_contiguous():  # a chunk of one batch element: written in place
-                adaptive_conv(resized, kernel[samples], padding_mode, out=target)
+                adaptive_conv(resized, kernel[samples], mode, out=target)
             else:
-                target.copy_(adaptive_conv(resized, kernel[samples], padding_mode))
+                target.copy_(adaptive_conv(resized, kernel[samples], mode))
         return out
 
-    @staticmethod
-    def backward(ctx, grad):
-        source, kernel = ctx.saved_tensors
-        resizer = ctx.resizer
-        needs_source, needs_kernel = ctx.needs_input_grad[:2]
-        mode, kernel_size = ctx.padding_mode, math.isqrt(kernel.shape[1])
+    def backward(self, grad: torch.Tensor, source: torch.Tensor, kernel: torch.Tensor,
+                 needs_source: bool, needs_kernel: bool):
+        """(source's gradient, kernel's gradient) from the output's ``grad``, each None
+        where not needed; differentiable where grad mode is on (create_graph)."""
+        resizer, mode = self.resizer, self.padding_mode
+        kernel_size = math.isqrt(kernel.shape[1])
         grad_source = torch.empty_like(source) if needs_source else None
         # The kernel gradient of each batch range, summed over its channel chunks: in place
         # (the first chunk writes it, the others add to it), unless this backward must be
         # differentiable (create_graph), which the in-place ops are not.
         in_place = needs_kernel and not torch.is_grad_enabled()
-        grad_kernel = (torch.zeros_like(kernel) if not ctx.chunks  # no channels
+        grad_kernel = (torch.zeros_like(kernel) if not self.chunks  # no channels
                        else torch.empty_like(kernel)) if in_place else None
         grad_kernels = {}
-        for samples, channel_range in ctx.chunks:
+        for samples, channel_range in self.chunks:
             # contiguous once here, not in each of the two ops (a no-op for the chunks of
             # one batch element of a contiguous gradient)
             grad_chunk = grad[samples, channel_range].contiguous()
@@ -198,7 +210,22 @@ class _ResizedAdaptiveConv(torch.autograd.Function):
             parts = list(grad_kernels.values())
             grad_kernel = (torch.zeros_like(kernel) if not parts  # no channels
                            else parts[0] if len(parts) == 1 else torch.cat(parts))
-        return grad_source, grad_kernel, None, None, None
+        return grad_source, grad_kernel
+
+
+class _ResizedAdaptiveConv(torch.autograd.Function):
+
+    @staticmethod
+    def forward(ctx, source, kernel, aggregation):
+        ctx.save_for_backward(source, kernel)
+        ctx.aggregation = aggregation
+        return aggregation.forward(source, kernel)
+
+    @staticmethod
+    def backward(ctx, grad):
+        source, kernel = ctx.saved_tensors
+        return (*ctx.aggregation.backward(grad, source, kernel, *ctx.needs_input_grad[:2]),
+                None)
 
 
 def _chunks(batch: int, batch_per_chunk: int, channels: int, channels_per_chunk: int):

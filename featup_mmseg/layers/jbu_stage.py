@@ -9,7 +9,7 @@ from torch.utils.checkpoint import checkpoint
 from ..ops import adaptive_conv, window_correlation
 from ..ops.reference import window_patches
 from .argument_checks import check_choice, check_int
-from .bicubic import bicubic_resize, resized_adaptive_conv
+from .bicubic import ResizedAggregation, bicubic_resize, resized_adaptive_conv
 
 RANGE_KERNELS = ('softmax', 'no_mlp', 'gaussian_euclidean', 'gaussian_cosine')
 # FeatUp resolves window borders by reflection, in the range kernel and the aggregation.
@@ -256,18 +256,25 @@ class JBUStage(nn.Module):
                 raise ValueError(f'JBUStage: products must be (B, n, H, W) = {expected} (the '
                                  'guidance through guidance_projection()), got '
                                  f'{tuple(products.shape)}')
+        if recomputes_kernel(guidance):
+            # CPU training: the kernel and its intermediates, a dozen (B, k*k, H, W) and
+            # (B, key_dim, H, W) maps, and the guidance products are recomputed in the
+            # backward instead of stored, once for both the aggregation's and the kernel's
+            # own backward; the resized features are never stored (resized_adaptive_conv).
+            # A few 1x1 products and elementwise steps, for about 250 MiB less peak memory
+            # in a SegFormer-B1 JBU head step (512 x 512, batch 2).
+            return _KernelRecomputingStage.apply(self, source, guidance, products,
+                                                 *self.parameters())
         training = torch.is_grad_enabled() and not _compiling()
         if training and guidance.device.type == 'cpu':
-            # The kernel's intermediates, a dozen (B, k*k, H, W) and (B, key_dim, H, W)
-            # maps, are recomputed in the backward instead of stored: a few 1x1 products
-            # and elementwise steps, for about 200 MiB less peak memory in a SegFormer-B1
-            # JBU head step (512 x 512, batch 2). Not on a GPU: there the recomputation's
-            # launches and bookkeeping cost more than its arithmetic (H100, that head's six
-            # stages: 30 ms stored, 53 ms recomputed). Not while compiling, where the
-            # compiler chooses what to store. The dropout masks are redrawn identically
-            # (the RNG state is restored).
+            # Under autocast: only the kernel's intermediates are recomputed (the dropout
+            # masks identically: the RNG state is restored).
             kernel = checkpoint(self.kernel, guidance, products, use_reentrant=False)
         else:
+            # Not on a GPU: there the recomputation's launches and bookkeeping cost more
+            # than its arithmetic (H100, a SegFormer-B1 JBU head's six stages: 30 ms stored,
+            # 53 ms recomputed). Not while compiling, where the compiler chooses what to
+            # store.
             kernel = self.kernel(guidance, products)
         if training and (source.requires_grad or kernel.requires_grad) \
                 and not autocast_enabled(source.device.type):
@@ -305,6 +312,63 @@ class JBUStage(nn.Module):
                 'to a larger size or use a smaller radius')
 
 
+def recomputes_kernel(guidance: torch.Tensor) -> bool:
+    """Whether a stage guided by ``guidance`` recomputes its kernel in the backward rather
+    than storing it: CPU training, not under autocast (whose lower precision the chunked
+    backward would not reproduce) and not while compiling (where the compiler chooses
+    what to store)."""
+    return (torch.is_grad_enabled() and guidance.device.type == 'cpu' and not _compiling()
+            and not autocast_enabled('cpu'))
+
+
+class _KernelRecomputingStage(torch.autograd.Function):
+    """A JBU stage's output, ``resized_adaptive_conv(source, stage.kernel(guidance,
+    products))``, storing neither the kernel nor anything it is made of, nor the given
+    products: the backward recomputes them once (the dropout masks identically, from the
+    forward's RNG state), for the aggregation's backward and then the kernel's own.
+    Stored: source, guidance (held by the caller's graph anyway) and the stage's
+    parameters, whose gradients it returns. Gradients of any order: with create_graph the
+    recomputation is differentiable, and given products' gradient reaches the guidance and
+    the parameters directly (the recomputed products are a function of both).
+    """
+
+    @staticmethod
+    def forward(ctx, stage, source, guidance, products, *parameters):
+        ctx.stage, ctx.rng_state = stage, torch.get_rng_state()
+        ctx.given_products = products is not None
+        kernel = stage.kernel(guidance, products).to(source.dtype)
+        ctx.aggregation = ResizedAggregation(source, kernel, PADDING_MODE)
+        ctx.save_for_backward(source, guidance, *parameters)
+        return ctx.aggregation.forward(source, kernel)
+
+    @staticmethod
+    def backward(ctx, grad):
+        source, guidance, *parameters = ctx.saved_tensors
+        needs = ctx.needs_input_grad  # stage, source, guidance, products, *parameters
+        create_graph = torch.is_grad_enabled()
+        products = None
+        if not create_graph:  # a graph of the recomputation only
+            guidance = guidance.detach().requires_grad_(needs[2])
+            if ctx.given_products:  # recomputed, and its gradient returned as the input's
+                with torch.no_grad():
+                    products = conv1x1(guidance, *ctx.stage.guidance_projection())
+                products.requires_grad_(needs[3])
+        with torch.enable_grad(), torch.random.fork_rng(devices=[]):
+            torch.set_rng_state(ctx.rng_state)
+            kernel = ctx.stage.kernel(guidance, products)
+        wrt = [t is not None and need for t, need in zip((guidance, products, *parameters),
+                                                          needs[2:])]
+        inputs = [t for t, want in zip((guidance, products, *parameters), wrt) if want]
+        aggregated = kernel.to(source.dtype)
+        grad_source, grad_kernel = ctx.aggregation.backward(
+            grad, source, aggregated if create_graph else aggregated.detach(), needs[1],
+            bool(inputs))
+        grads = iter(torch.autograd.grad(kernel, inputs, grad_kernel.to(kernel.dtype),
+                                         allow_unused=True, create_graph=create_graph)
+                     if inputs else ())
+        return (None, grad_source, *(next(grads) if want else None for want in wrt))
+
+
 def jbu_guidance_products(stages: Sequence[JBUStage],
                           guidance: torch.Tensor) -> List[torch.Tensor]:
     """Each of ``stages``' :meth:`JBUStage.guidance_projection` of ``guidance``, as one
@@ -314,6 +378,9 @@ def jbu_guidance_products(stages: Sequence[JBUStage],
     (B, 256, 128, 128) guidance: one pass over it forward, and in the backward one
     gradient for it instead of one per stage and their sum. Computed outside the stages'
     recomputation (a third of the guidance's size at 256 channels), so not twice.
+
+    Where the stages recompute their kernels in the backward (:func:`recomputes_kernel`)
+    the products are not stored either: each stage recomputes its own part.
     """
     for stage in stages:
         stage._check_guidance(guidance)
