@@ -591,6 +591,40 @@ def test_cpu_training_stage_stores_only_its_inputs_and_recomputes_the_rest(range
             torch.testing.assert_close(tensor, expected, rtol=0, atol=1e-10)
 
 
+@pytest.mark.parametrize('case', ['frozen stage', 'constant products'])
+def test_recomputing_stage_gives_the_gradients_asked_for(case, monkeypatch):
+    """A frozen stage (source's and guidance's gradients only) and products computed
+    without gradients (constants) through the recomputing path: the gradients of
+    checkpointing the kernel, with and without create_graph."""
+    torch.manual_seed(0)
+    stage = _randomise(JBUStage(guidance_dim=4, key_dim=3, radius=1).double()).train()
+    if case == 'frozen stage':
+        stage.requires_grad_(False)
+    source = torch.randn(1, 2, 4, 5, dtype=torch.float64, requires_grad=True)
+    guidance = torch.randn(1, 4, 8, 9, dtype=torch.float64, requires_grad=True)
+    inputs = [source, guidance, *(p for p in stage.parameters() if p.requires_grad)]
+    results = []
+    for recomputing in (True, False):
+        monkeypatch.setattr(jbu_stage_module, 'recomputes_kernel',
+                            lambda guidance, real=jbu_stage_module.recomputes_kernel:
+                            recomputing and real(guidance))
+        for create_graph in (False, True):
+            products = None
+            if case == 'constant products':
+                with torch.no_grad():
+                    products = jbu_guidance_products([stage], guidance)[0]
+            torch.manual_seed(1)
+            out = stage(source, guidance, products=products)
+            grads = torch.autograd.grad(out.square().sum(), inputs, allow_unused=True,
+                                        create_graph=create_graph)
+            # with constant products the softmax kernel does not read the guidance itself
+            results.append([torch.zeros_like(t) if g is None else g
+                            for g, t in zip(grads, inputs)])
+    for grads in results[1:]:
+        for got, want in zip(grads, results[0]):
+            torch.testing.assert_close(got, want, rtol=0, atol=1e-10)
+
+
 def test_stage_gradcheck_tiny():
     stage = _randomise(JBUStage(guidance_dim=2, key_dim=2, radius=1).double()).eval()
     source = torch.randn(1, 2, 3, 3, dtype=torch.float64, requires_grad=True)

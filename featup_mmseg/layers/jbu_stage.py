@@ -244,8 +244,8 @@ class JBUStage(nn.Module):
         """``source`` upsampled to the guidance's size.
 
         ``products``: the guidance through :meth:`guidance_projection`, where the caller
-        has it already (:func:`jbu_guidance_products`); then it is not recomputed in the
-        backward either.
+        has it already (:func:`jbu_guidance_products`); in CPU training the backward
+        recomputes it rather than have it stored.
         """
         self._check_inputs(source, guidance)
         if products is not None:
@@ -261,8 +261,9 @@ class JBUStage(nn.Module):
             # (B, key_dim, H, W) maps, and the guidance products are recomputed in the
             # backward instead of stored, once for both the aggregation's and the kernel's
             # own backward; the resized features are never stored (resized_adaptive_conv).
-            # A few 1x1 products and elementwise steps, for about 250 MiB less peak memory
-            # in a SegFormer-B1 JBU head step (512 x 512, batch 2).
+            # A few 1x1 products and elementwise steps: in a SegFormer-B1 JBU model step
+            # (512 x 512, batch 2) about 200 MiB less peak memory for the intermediates,
+            # 80 MiB for the kernels and products.
             return _KernelRecomputingStage.apply(self, source, guidance, products,
                                                  *self.parameters())
         training = torch.is_grad_enabled() and not _compiling()
@@ -346,19 +347,21 @@ class _KernelRecomputingStage(torch.autograd.Function):
         source, guidance, *parameters = ctx.saved_tensors
         needs = ctx.needs_input_grad  # stage, source, guidance, products, *parameters
         create_graph = torch.is_grad_enabled()
-        products = None
         if not create_graph:  # a graph of the recomputation only
             guidance = guidance.detach().requires_grad_(needs[2])
-            if ctx.given_products:  # recomputed, and its gradient returned as the input's
-                with torch.no_grad():
-                    products = conv1x1(guidance, *ctx.stage.guidance_projection())
-                products.requires_grad_(needs[3])
-        with torch.enable_grad(), torch.random.fork_rng(devices=[]):
-            torch.set_rng_state(ctx.rng_state)
-            kernel = ctx.stage.kernel(guidance, products)
+        products = None  # else computed in the kernel, from the guidance and parameters
+        if ctx.given_products and not (create_graph and needs[3]):
+            # recomputed, and its gradient (if it had one) returned as the input's
+            with torch.no_grad():
+                products = conv1x1(guidance, *ctx.stage.guidance_projection())
+            products.requires_grad_(needs[3])
         wrt = [t is not None and need for t, need in zip((guidance, products, *parameters),
                                                           needs[2:])]
         inputs = [t for t, want in zip((guidance, products, *parameters), wrt) if want]
+        with torch.set_grad_enabled(create_graph or bool(inputs)), \
+                torch.random.fork_rng(devices=[]):
+            torch.set_rng_state(ctx.rng_state)
+            kernel = ctx.stage.kernel(guidance, products)
         aggregated = kernel.to(source.dtype)
         grad_source, grad_kernel = ctx.aggregation.backward(
             grad, source, aggregated if create_graph else aggregated.detach(), needs[1],
