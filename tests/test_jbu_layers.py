@@ -625,6 +625,30 @@ def test_recomputing_stage_gives_the_gradients_asked_for(case, monkeypatch):
             torch.testing.assert_close(got, want, rtol=0, atol=1e-10)
 
 
+@pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16])
+def test_recomputing_stage_trains_in_half_precision(dtype):
+    """A stage converted to a half type trains on CPU through the recomputing path: its
+    output and gradients in that dtype, close to float32's."""
+    if not _cpu_supports_matmul(dtype):
+        pytest.skip(f'this torch has no CPU {dtype} matrix products')
+    torch.manual_seed(0)
+    stage = JBUStage(guidance_dim=6, key_dim=4).eval()
+    source = torch.randn(2, 5, 6, 7)
+    guidance = torch.randn(2, 6, 12, 14)
+    grad = torch.randn(2, 5, 12, 14)
+    results = []
+    for module, cast in ((stage, torch.float32), (copy.deepcopy(stage).to(dtype), dtype)):
+        inputs = [t.to(cast, copy=True).requires_grad_() for t in (source, guidance)]
+        out = module(*inputs)
+        out.backward(grad.to(cast))
+        assert out.dtype == cast and all(t.grad.dtype == cast for t in inputs)
+        assert module.fixup_proj[0].weight.grad.dtype == cast
+        results.append([out, *(t.grad for t in inputs), module.fixup_proj[0].weight.grad])
+    for got, want in zip(results[1], results[0]):
+        torch.testing.assert_close(got.float(), want, rtol=0.05,
+                                   atol=0.05 * want.abs().max().item())
+
+
 def test_stage_gradcheck_tiny():
     stage = _randomise(JBUStage(guidance_dim=2, key_dim=2, radius=1).double()).eval()
     source = torch.randn(1, 2, 3, 3, dtype=torch.float64, requires_grad=True)

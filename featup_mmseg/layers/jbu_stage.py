@@ -236,6 +236,10 @@ class JBUStage(nn.Module):
         range_first_layer = products[:, :-taps] if self.range_kernel_type != 'no_mlp' else None
         combined = self.range_kernel(guidance, range_first_layer) * self.spatial_kernel()
         combined = combined / combined.sum(1, keepdim=True).clamp(min=1e-7)
+        if not autocast_enabled(combined.device.type):
+            # a half-precision stage compares its keys in float32 (range_kernel) and runs
+            # its fixup MLP in its own dtype (under autocast, autocast chooses)
+            combined = combined.to(products.dtype)
         hidden = conv1x1(combined, first.weight[:, :taps]) + products[:, -taps:]
         return combined + 0.1 * conv1x1(dropout(gelu(hidden)), last.weight, last.bias)
 
