@@ -222,6 +222,10 @@ class JBUStage(nn.Module):
             biases.insert(0, self.range_proj[0].bias)
         return torch.cat(weights), torch.cat(biases)
 
+    def guidance_products(self, guidance: torch.Tensor) -> torch.Tensor:
+        """The guidance through :meth:`guidance_projection`: (B, n, H, W)."""
+        return conv1x1(guidance, *self.guidance_projection())
+
     def kernel(self, guidance: torch.Tensor,
                products: Optional[torch.Tensor] = None) -> torch.Tensor:
         """(B, k*k, H, W) per-pixel upsampling kernel: steps 1-6 of the spec.
@@ -232,7 +236,7 @@ class JBUStage(nn.Module):
         first, gelu, dropout, last = self.fixup_proj
         taps = self.kernel_size**2
         if products is None:
-            products = conv1x1(guidance, *self.guidance_projection())
+            products = self.guidance_products(guidance)
         range_first_layer = products[:, :-taps] if self.range_kernel_type != 'no_mlp' else None
         combined = self.range_kernel(guidance, range_first_layer) * self.spatial_kernel()
         combined = combined / combined.sum(1, keepdim=True).clamp(min=1e-7)
@@ -357,11 +361,11 @@ class _KernelRecomputingStage(torch.autograd.Function):
         if ctx.given_products and not (create_graph and needs[3]):
             # recomputed, and its gradient (if it had one) returned as the input's
             with torch.no_grad():
-                products = conv1x1(guidance, *ctx.stage.guidance_projection())
+                products = ctx.stage.guidance_products(guidance)
             products.requires_grad_(needs[3])
-        wrt = [t is not None and need for t, need in zip((guidance, products, *parameters),
-                                                          needs[2:])]
-        inputs = [t for t, want in zip((guidance, products, *parameters), wrt) if want]
+        candidates = (guidance, products, *parameters)
+        wrt = [t is not None and need for t, need in zip(candidates, needs[2:])]
+        inputs = [t for t, want in zip(candidates, wrt) if want]
         with torch.set_grad_enabled(create_graph or bool(inputs)), \
                 torch.random.fork_rng(devices=[]):
             torch.set_rng_state(ctx.rng_state)
