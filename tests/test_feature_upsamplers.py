@@ -513,6 +513,31 @@ def test_smallest_maps_work():
         assert build(name)(source, guidance[..., :1, :1]).shape == (2, CHANNELS, 1, 1), name
 
 
+@pytest.mark.parametrize('name', METHODS)
+def test_empty_batch_gives_an_empty_result(name):
+    up = build(name).train()
+    source, guidance = inputs(batch=0)
+    source.requires_grad_(True)
+    out = up(source, guidance)
+    assert out.shape == (0, CHANNELS, 10, 12)
+    out.sum().backward()
+    assert source.grad.shape == source.shape
+
+
+def test_a2u_refuses_one_value_per_norm_group_clearly():
+    guidance_dim = 8  # one channel per norm group
+    up = A2U(CHANNELS, guidance_dim, norm_groups=guidance_dim)
+    source = torch.randn(1, CHANNELS, 1, 1)
+    message = (r'A2U: its GroupNorm of norm_groups=8 over guidance_dim=8 channels normalises '
+               r'one value per group for a 1 x 1 source .* use a source of at least 2 pixels or '
+               r'fewer norm_groups')
+    for mode in (True, False):
+        with pytest.raises(ValueError, match=message):
+            up.train(mode)(source, torch.randn(1, guidance_dim, 2, 2))
+    assert up(torch.randn(1, CHANNELS, 1, 2), torch.randn(1, guidance_dim, 2, 4)).shape == \
+        (1, CHANNELS, 2, 4)
+
+
 # ----------------------------------------------------------------------------------------
 # errors
 

@@ -377,10 +377,16 @@ FAMILY_CONFIGS = {
 }
 
 
+# the baseline twin of each family: what mmseg's own config computes (semantic FPN
+# upsamples with 'nearest'; the others resize bilinearly)
+BASELINE_VARIANT = {'featup_sem_fpn/fpn_r50_{}_4xb4-160k_ade20k-512x512.py': 'nearest'}
+
+
 @pytest.mark.parametrize('pattern', sorted(FAMILY_CONFIGS))
-def test_family_configs_build_with_their_bilinear_twins(pattern):
+def test_family_configs_build_with_their_baseline_twins(pattern):
     models = {}
-    for variant in ('bilinear', 'featup-jbu-output' if 'pspnet' in pattern else 'featup-jbu'):
+    for variant in (BASELINE_VARIANT.get(pattern, 'bilinear'),
+                    'featup-jbu-output' if 'pspnet' in pattern else 'featup-jbu'):
         cfg = Config.fromfile(ROOT / 'configs' / pattern.format(variant))
         cfg.model.backbone.init_cfg = None
         cfg.model.pop('pretrained', None)
@@ -398,6 +404,29 @@ def test_family_configs_build_with_their_bilinear_twins(pattern):
     assert {k: v.shape for k, v in bilinear.state_dict().items()} == \
         {k: v.shape for k, v in jbu.state_dict().items() if k not in extra}
     assert not any(isinstance(m, JBUStage) for m in bilinear.modules())
+
+
+@pytest.mark.parametrize('variant, exact', [('nearest', True), ('bilinear', False)])
+def test_semantic_fpn_baseline_config_is_mmsegs_semantic_fpn(variant, exact):
+    """The nearest twin computes mmseg's own semantic FPN config bit for bit, with the same
+    state_dict; the bilinear variant does not (it is labelled as a variant)."""
+    models = []
+    for path in ('mmseg::sem_fpn/fpn_r50_4xb4-160k_ade20k-512x512.py',
+                 str(ROOT / f'configs/featup_sem_fpn/fpn_r50_{variant}_4xb4-160k_ade20k-512x512.py')):
+        cfg = Config.fromfile(path)
+        cfg.model.backbone.update(init_cfg=None, depth=18, in_channels=3)
+        cfg.model.neck.in_channels = [64, 128, 256, 512]
+        cfg.model.pop('pretrained', None)
+        cfg.model.data_preprocessor.pop('size', None)
+        torch.manual_seed(0)
+        models.append(MODELS.build(cfg.model).eval())
+    mmseg_fpn, ours = models
+    assert type(mmseg_fpn.neck).__name__ == 'FPN' and isinstance(ours.neck, FeatUpFPN)
+    ours.load_state_dict(mmseg_fpn.state_dict(), strict=True)
+    inputs = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        expected, actual = (m(inputs, mode='tensor') for m in (mmseg_fpn, ours))
+    assert torch.equal(actual, expected) == exact
 
 
 def test_output_upsampler_composes_with_the_jbu_neck():

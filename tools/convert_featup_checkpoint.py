@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from featup_mmseg.file_checks import check_input_file, check_output_file
 from featup_mmseg.layers import build_featup_upsampler
 
 USE_NORM = {'auto': 'auto', 'yes': True, 'no': False}
@@ -68,6 +69,8 @@ def main():
                         '(no_norm); auto: whichever layout it has')
     args = parser.parse_args()
     try:
+        check_input_file(args.source, 'source')
+        check_output_file(args.destination, 'destination')
         meta = convert(args.source, args.destination, args.trust_checkpoint,
                        USE_NORM[args.use_norm])
     except (OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError) as err:

@@ -20,6 +20,7 @@ from mmengine.runner import Runner
 
 import featup_mmseg.plugin  # noqa: F401  (registrations)
 from featup_mmseg.datasets import generate_synthetic_shapes
+from featup_mmseg.file_checks import check_output_dir, check_output_file, write_image
 from featup_mmseg.datasets.synthetic_shapes import CLASSES, PALETTE
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,6 +29,7 @@ CONFIGS = {
     'FeatUp JBU': ROOT / 'configs/demo/segformer_mit-b0_featup-jbu_synthetic-128x128.py',
 }
 BAR = CLASSES.index('bar')
+FIGURE = 'featup_demo.png'
 
 
 def train_and_evaluate(name, config, work_dir, data_root, iters):
@@ -82,7 +84,7 @@ def compose_figure(rows_by_model, path, scale=3):
     for i, title in enumerate(columns):
         cv2.putText(header, title, (i * tile_width + 8, 22), cv2.FONT_HERSHEY_SIMPLEX, 0.7,
                     (0, 0, 0), 2)
-    cv2.imwrite(str(path), np.concatenate([header, grid], axis=0))
+    write_image(path, np.concatenate([header, grid], axis=0))
 
 
 def main():
@@ -91,6 +93,11 @@ def main():
     parser.add_argument('--data-root', type=Path, default=ROOT / 'data' / 'synthetic_shapes')
     parser.add_argument('--iters', type=int, default=300, help='training iterations per model')
     args = parser.parse_args()
+    try:
+        check_output_file(args.work_dir / FIGURE, '--work-dir', image=True)
+        check_output_dir(args.data_root, '--data-root')
+    except OSError as err:
+        parser.error(str(err))
 
     data_root = generate_synthetic_shapes(args.data_root)
     print(f'synthetic dataset in {data_root}', flush=True)
@@ -107,7 +114,7 @@ def main():
     bar_pixels = [(cv2.imread(dataset.get_data_info(i)['seg_map_path'], 0) == BAR + 1).sum()
                   for i in range(len(dataset))]
     indices = [int(i) for i in np.argsort(bar_pixels)[::-1][:4]]
-    figure = args.work_dir / 'featup_demo.png'
+    figure = args.work_dir / FIGURE
     compose_figure({name: predictions(runner, indices) for name, runner in runners.items()},
                    figure)
 

@@ -11,9 +11,11 @@ in mmdeploy. featup_mmseg's window ops become standard ONNX operators
 
 --dynamo uses torch.export's exporter (torch >= 2.5) instead of the TorchScript one.
 --dynamic marks the batch (default), or the batch and the image size, as dynamic; models
-whose sizes are computed in Python (the JBU neck's stages) only support a dynamic batch
-(with --dynamo a dynamic batch is exported from a batch of at least 2: torch.export fixes
-axes of size 1).
+whose sizes are computed in Python (the JBU neck's and the output upsampler's stages) only
+support a dynamic batch, and A2U only a fixed one: other requests are refused before the
+export, naming the axes the model supports (with --dynamo a dynamic batch is exported from
+a batch of at least 2: torch.export fixes axes of size 1). The checkpoint and --out are
+checked before the model is built.
 --check runs the file with ONNX Runtime on CPU at the export shape and, for each dynamic
 axis, at a second shape, prints the largest difference from PyTorch, and exits with
 status 1 if it exceeds --tolerance. Without a checkpoint the weights are random.
@@ -30,6 +32,7 @@ from mmengine.runner import load_checkpoint
 from mmseg.registry import MODELS
 
 import featup_mmseg.plugin  # noqa: F401  (registrations)
+from featup_mmseg.file_checks import check_input_file, check_output_file
 from featup_mmseg.ops.onnx_export import export_onnx
 
 INPUT_NAME = 'inputs'
@@ -134,6 +137,12 @@ def main():
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override config settings, key=value')
     args = parser.parse_args()
+    try:
+        if args.checkpoint:
+            check_input_file(args.checkpoint, 'checkpoint')
+        check_output_file(args.out)
+    except OSError as err:
+        parser.error(str(err))
 
     model = build_model(args.config, args.checkpoint, args.cfg_options)
     batch = args.batch
@@ -143,8 +152,11 @@ def main():
     kwargs = dynamic_axes_args(args.dynamic, args.dynamo)
     if args.opset is not None:
         kwargs['opset_version'] = args.opset
-    export_onnx(model, (torch.randn(*shape), ), args.out, dynamo=args.dynamo,
-                input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], **kwargs)
+    try:
+        export_onnx(model, (torch.randn(*shape), ), args.out, dynamo=args.dynamo,
+                    input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], **kwargs)
+    except ValueError as err:  # what the model refuses (dynamic axes, input sizes)
+        sys.exit(f'{parser.prog}: error: {err}')
     exporter = 'dynamo (torch.export)' if args.dynamo else 'TorchScript'
     print(f'wrote {args.out}: {exporter} exporter, input {INPUT_NAME} {shape}, '
           f'dynamic: {args.dynamic}')

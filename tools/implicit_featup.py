@@ -16,7 +16,12 @@ and prints the fit's progress and each upsampler's error on new (held-out) views
 
 The features are the backbone's output --in-index; for a model with a JBUNeck, the level
 (normalised if configured) that the neck upsamples. --upsampler loads a JBUNeck's weights
-as tools/visualize_features.py does.
+as tools/visualize_features.py does. --fit-size defaults to the config's input size's
+shorter side (224 if it names none), the image's aspect ratio kept, rounded to a multiple
+of the backbone's stride (a fixed-size backbone's own size); a --fit-size the backbone's
+feature grid does not tile is refused with the sizes to use. --size, the output, may be
+any size. The figure is at most FIGURE_SIDE px on its panels' longer side. Inputs and
+outputs are checked before the model is built.
 """
 import argparse
 import dataclasses
@@ -33,13 +38,20 @@ from visualize_features import load_upsampler
 
 import featup_mmseg.plugin  # noqa: F401  (registrations)
 from featup_mmseg.engine.hooks import find_targets
+from featup_mmseg.file_checks import (check_input_file, check_output_dir, check_output_file,
+                                      write_image)
 from featup_mmseg.layers import sample_jitter
 from featup_mmseg.layers.implicit_field import (IMPLICIT_PRESETS, ImplicitFitConfig,
                                                 fit_implicit_features, view_reconstruction_error)
+from featup_mmseg.models.input_size import backbone_input_size, config_input_size
 from featup_mmseg.visualization import feature_figure
 
-# FeatUp's image load size (paper, Table 7): the default fit size's shorter side.
+# FeatUp's image load size (paper, Table 7): the fit size's shorter side for configs that
+# name no input size.
 LOAD_SIZE = 224
+# The figure's panels are at most this many pixels on their longer side (the features are
+# saved at --size, which may be far larger).
+FIGURE_SIDE = 512
 BUDGET_OPTIONS = ('steps', 'num_jitters', 'num_views', 'pca_dim', 'kernel_size', 'max_pad',
                   'tv_weight')
 
@@ -90,8 +102,8 @@ def parse_args():
     parser.add_argument('--size', type=int, nargs=2, metavar=('H', 'W'),
                         help='size of the output features (default: the fit size)')
     parser.add_argument('--fit-size', type=int, nargs=2, metavar=('H', 'W'),
-                        help=f'size the image is fitted at (default: shorter side {LOAD_SIZE}, '
-                        'aspect ratio kept)')
+                        help="size the image is fitted at (default: the config's input size's "
+                        'shorter side, aspect ratio kept)')
     parser.add_argument('--in-index', type=int, default=-1,
                         help='backbone output to upsample (models without a JBUNeck)')
     parser.add_argument('--preset', choices=tuple(IMPLICIT_PRESETS), default='paper',
@@ -128,12 +140,40 @@ def parse_args():
     args.bgr = cv2.imread(args.image)
     if args.bgr is None:
         parser.error(f'cannot read image {args.image}')
-    if not args.fit_size:
-        height, width = args.bgr.shape[:2]
-        scale = LOAD_SIZE / min(height, width)
-        args.fit_size = [round(height * scale), round(width * scale)]
-    args.size = args.size or args.fit_size
+    stem = Path(args.image).stem
+    args.features_path = args.out / f'{stem}_implicit.pth'
+    args.figure_path = args.out / f'{stem}_implicit.png'
+    try:
+        for option in ('checkpoint', 'upsampler'):
+            if getattr(args, option):
+                check_input_file(getattr(args, option), '--' + option)
+        check_output_dir(args.out)
+        check_output_file(args.features_path)
+        check_output_file(args.figure_path, image=True)
+    except OSError as err:
+        parser.error(str(err))
     return args, parser
+
+
+def fit_size(args, parser, cfg, model, backbone):
+    """--fit-size, checked against the backbone, or the default: the config's input size's
+    shorter side, the image's aspect ratio kept, rounded to the backbone's stride."""
+    config_size = config_input_size(cfg) or (LOAD_SIZE, LOAD_SIZE)
+    height, width = args.bgr.shape[:2]
+    scale = min(config_size) / min(height, width)
+    default = (max(1, round(height * scale)), max(1, round(width * scale)))
+    device = next(model.parameters()).device
+    try:
+        return list(backbone_input_size('--fit-size', args.fit_size, default, backbone,
+                                        model.backbone, config_size, device))
+    except ValueError as err:
+        parser.error(str(err))
+
+
+def figure_size(size):
+    """``size`` scaled down to at most FIGURE_SIDE on its longer side."""
+    scale = min(1.0, FIGURE_SIDE / max(size))
+    return tuple(max(1, round(side * scale)) for side in size)
 
 
 def main():
@@ -151,8 +191,12 @@ def main():
             parser.error(f'--upsampler needs a model with a JBUNeck; {args.config} has none')
         load_upsampler(model.neck, args.upsampler)
     backbone = backbone_features(model, args.in_index)
+    args.fit_size = fit_size(args, parser, cfg, model, backbone)
+    args.size = args.size or args.fit_size
     fit_image, _ = model_input(model, args.bgr, args.fit_size)
-    out_image, shown = model_input(model, args.bgr, args.size)
+    out_image, _ = model_input(model, args.bgr, args.size)
+    shown_size = figure_size(args.size)
+    shown_image, shown = model_input(model, args.bgr, shown_size)
 
     def report(progress):
         if progress.done == progress.total or \
@@ -165,7 +209,7 @@ def main():
     try:
         fitted = fit_implicit_features(fit_image, backbone, config, report,
                                        torch.Generator().manual_seed(args.seed))
-    except ValueError as err:
+    except (ValueError, FloatingPointError) as err:
         raise SystemExit(f'implicit_featup: {err}') from None
     low_res = fitted.low_res
     upsampled = dict(bilinear=lambda size, image: F.interpolate(
@@ -174,8 +218,11 @@ def main():
         upsampled['JBU'] = lambda size, image: model.neck.upsampler(low_res, image,
                                                                     output_size=size)
     upsampled['implicit'] = lambda size, image: fitted.query(size, image)
+    implicit = fitted.query(tuple(args.size), out_image)
+    # the panels at the figure's size; the implicit one from the features at --size
     with torch.no_grad():
-        panels = [(name, up(tuple(args.size), out_image)) for name, up in upsampled.items()]
+        panels = [(name, up(shown_size, shown_image)) for name, up in upsampled.items()
+                  if name != 'implicit'] + [('implicit', implicit)]
     if args.heldout_views:
         generator = torch.Generator().manual_seed(args.seed + 1)
         jitters = [sample_jitter(*args.fit_size, config.max_pad, config.max_zoom, generator)
@@ -189,19 +236,19 @@ def main():
                       for down in (None, fitted.downsample)]
             print(f'  {name:9s} {errors[0]:.5f} | {errors[1]:.5f}')
 
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = Path(args.image).stem
-    implicit = panels[-1][1]
-    figure = feature_figure(shown, [(f'low-res {tuple(low_res.shape[-2:])}', low_res)] + panels,
-                            reference=low_res)
-    cv2.imwrite(str(args.out / f'{stem}_implicit.png'), figure)
-    torch.save(
-        dict(features=implicit.cpu(), low_res=low_res.cpu(), image=str(args.image),
-             config=str(args.config), size=list(args.size), fit_size=list(args.fit_size),
-             pca_dim=fitted.pca_dim, fit=dataclasses.asdict(config), losses=fitted.losses),
-        args.out / f'{stem}_implicit.pth')
-    print(f'wrote {args.out / f"{stem}_implicit.pth"} (features {tuple(implicit.shape)}) and '
-          f'{args.out / f"{stem}_implicit.png"}')
+    try:
+        torch.save(
+            dict(features=implicit.cpu(), low_res=low_res.cpu(), image=str(args.image),
+                 config=str(args.config), size=list(args.size), fit_size=list(args.fit_size),
+                 pca_dim=fitted.pca_dim, fit=dataclasses.asdict(config), losses=fitted.losses),
+            args.features_path)
+        figure = feature_figure(shown, [(f'low-res {tuple(low_res.shape[-2:])}', low_res)] +
+                                panels, reference=low_res)
+        write_image(args.figure_path, figure)
+    except (OSError, RuntimeError) as err:  # torch.save reports a full device as RuntimeError
+        raise SystemExit(f'implicit_featup.py: error: {err}') from None
+    print(f'wrote {args.features_path} (features {tuple(implicit.shape)}) and '
+          f'{args.figure_path}')
 
 
 if __name__ == '__main__':

@@ -14,6 +14,7 @@ weights through init_cfg), then the config's ``load_from`` checkpoint loaded; a
 """
 import argparse
 import pickle
+from pathlib import Path
 from typing import Tuple
 
 from mmengine.config import Config
@@ -21,6 +22,11 @@ from mmengine.runner import Runner
 
 import featup_mmseg.plugin  # noqa: F401  (registrations)
 from featup_mmseg.engine import FeatUpPretrainHook, add_run_arguments, load_run_config
+from featup_mmseg.file_checks import check_output_file
+from featup_mmseg.layers.featup_checkpoint import describe_load_error
+
+# torch >= 2.6 loads mmengine's checkpoints with weights_only=True unless told otherwise
+TRUST_HINT = 'run with TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 to load it without weights_only'
 
 
 def prepare(cfg: Config) -> Tuple[Runner, FeatUpPretrainHook]:
@@ -35,6 +41,10 @@ def prepare(cfg: Config) -> Tuple[Runner, FeatUpPretrainHook]:
     if hook is None:
         hook = FeatUpPretrainHook()
         runner.logger.info('no FeatUpPretrainHook in the config: using the paper settings')
+    try:  # before anything is computed (the hook checks it again when it starts)
+        check_output_file(Path(runner.work_dir) / hook.checkpoint_name, '--work-dir')
+    except OSError as err:
+        raise SystemExit(f'pretrain_upsampler.py: error: {err}') from None
     model = runner.model.module if hasattr(runner.model, 'module') else runner.model
     model.init_weights()  # as training would: pretrained backbone weights, if configured
     load_from = cfg.get('load_from')
@@ -43,7 +53,8 @@ def prepare(cfg: Config) -> Tuple[Runner, FeatUpPretrainHook]:
             runner.load_checkpoint(load_from)
         except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as err:
             raise SystemExit(f'pretrain_upsampler.py: error: cannot load load_from='
-                             f'{load_from!r}: {err}') from err
+                             f'{load_from!r}: {describe_load_error(load_from, err, TRUST_HINT)}'
+                             ) from err
     return runner, hook
 
 

@@ -9,9 +9,13 @@ weights are random.
     python tools/visualize_features.py IMAGE CONFIG [--checkpoint MODEL.pth]
         [--upsampler UPSAMPLER.pth] [--size H W] [--out features.png]
 
---checkpoint loads model (or backbone) weights as mmengine does, reporting any mismatch;
---upsampler loads the neck's weights strictly: the output of tools/pretrain_upsampler.py
-(keys 'neck.*') or of tools/convert_featup_checkpoint.py (keys 'upsampler.*', 'norm.*').
+--size defaults to the config's input size (its data preprocessor's size, crop_size or
+the backbone's img_size; 224 x 224 if it names none) rounded to a multiple of the
+backbone's stride; a --size the backbone's feature grid does not tile is refused with the
+sizes to use. --checkpoint loads model (or backbone) weights as mmengine does, reporting
+any mismatch; --upsampler loads the neck's weights strictly: the output of
+tools/pretrain_upsampler.py (keys 'neck.*') or of tools/convert_featup_checkpoint.py
+(keys 'upsampler.*', 'norm.*'). The image and --out are checked before the model is built.
 """
 import argparse
 from pathlib import Path
@@ -26,7 +30,12 @@ from mmengine.runner.checkpoint import CheckpointLoader
 from mmseg.registry import MODELS
 
 import featup_mmseg.plugin  # noqa: F401  (registrations)
+from featup_mmseg.models.input_size import backbone_input_size, config_input_size
+from featup_mmseg.file_checks import check_input_file, check_output_file, write_image
 from featup_mmseg.visualization import feature_figure
+
+# FeatUp's image load size, for configs that name no input size
+DEFAULT_SIZE = (224, 224)
 
 
 def load_upsampler(neck, path: str) -> None:
@@ -37,6 +46,14 @@ def load_upsampler(neck, path: str) -> None:
     neck.load_weights(state_dict, prefix, f'upsampler checkpoint {path}')
 
 
+def read_image(parser, path: str):
+    """The BGR image at ``path``, or a parser error."""
+    image = cv2.imread(path)
+    if image is None:
+        parser.error(f'cannot read image {path}')
+    return image
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('image', help='image file')
@@ -44,11 +61,20 @@ def main():
     parser.add_argument('--checkpoint', help='model or backbone weights')
     parser.add_argument('--upsampler', help='JBU neck weights')
     parser.add_argument('--size', type=int, nargs=2, metavar=('H', 'W'), default=None,
-                        help='resize the image to this size first (default: 224 x 224)')
+                        help="resize the image to this size first (default: the config's "
+                        'input size)')
     parser.add_argument('--out', type=Path, default=Path('features.png'))
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override config settings, key=value')
     args = parser.parse_args()
+    image = read_image(parser, args.image)
+    try:
+        for option in ('checkpoint', 'upsampler'):
+            if getattr(args, option):
+                check_input_file(getattr(args, option), '--' + option)
+        check_output_file(args.out, '--out', image=True)
+    except OSError as err:
+        parser.error(str(err))
 
     cfg = Config.fromfile(args.config)
     if args.cfg_options:
@@ -64,22 +90,29 @@ def main():
     if args.upsampler:
         load_upsampler(neck, args.upsampler)
 
-    image = cv2.imread(args.image)
-    if image is None:
-        raise SystemExit(f'cannot read image {args.image}')
-    height, width = args.size or (224, 224)
+    def features(inputs):
+        return neck.select(model.backbone(inputs))
+
+    config_size = config_input_size(cfg) or DEFAULT_SIZE
+    try:
+        height, width = backbone_input_size('--size', args.size, config_size, features,
+                                            model.backbone, config_size)
+    except ValueError as err:
+        parser.error(str(err))
     image = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
     batch = dict(inputs=[torch.from_numpy(image).permute(2, 0, 1)])
     with torch.no_grad():
         inputs = model.data_preprocessor(batch, False)['inputs'][..., :height, :width]
-        low_res = neck.select(model.backbone(inputs))
+        low_res = features(inputs)
         bilinear = F.interpolate(low_res, (height, width), mode='bilinear',
                                  align_corners=False)
         jbu = neck.upsampler(low_res, inputs, output_size=(height, width))
     figure = feature_figure(image, [(f'low-res {tuple(low_res.shape[-2:])}', low_res),
                                     ('bilinear', bilinear), ('JBU', jbu)], reference=low_res)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    cv2.imwrite(str(args.out), figure)
+    try:
+        write_image(args.out, figure)
+    except OSError as err:
+        raise SystemExit(f'visualize_features.py: error: {err}') from None
     print(f'wrote {args.out}')
 
 

@@ -31,10 +31,11 @@ def bicubic_resize(source: torch.Tensor, size) -> torch.Tensor:
     When gradients flow to ``source``, computed by the compiled op, or without it as two
     products with the resize matrices (:func:`resize_matrices`): the same numbers
     up to round-off, and far cheaper than PyTorch's CPU bicubic backward (its scatter was
-    14 % of a SegFormer JBU head step). Without gradients the plain resize runs, so
-    inference, FLOP counts and exports see the operator itself.
+    14 % of a SegFormer JBU head step). Without gradients, and under torch.jit.trace
+    (FLOP counters, the TorchScript ONNX exporter), the plain resize runs, so inference,
+    FLOP counts and exports see the operator itself.
     """
-    if not (torch.is_grad_enabled() and source.requires_grad):
+    if not (torch.is_grad_enabled() and source.requires_grad) or torch.jit.is_tracing():
         return F.interpolate(source, size, mode='bicubic', align_corners=False)
     return _Resizer(source, size).resize(source)
 

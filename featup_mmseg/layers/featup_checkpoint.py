@@ -84,30 +84,45 @@ def read_state_dict(checkpoint: CheckpointSource,
                 warnings.filterwarnings('ignore', message='TypedStorage is deprecated')
                 loaded = torch.load(checkpoint, map_location='cpu',
                                     weights_only=not trust_checkpoint)
-        except pickle.UnpicklingError as err:
+        except (pickle.UnpicklingError, EOFError) as err:
             if trust_checkpoint:
                 raise
-            # torch's reason follows 'WeightsUnpickler error:', on the same line (torch < 2.6)
-            # or on the next ones; 'Unsupported global' (class, before torch 2.4) means an
-            # object pickled by name, anything else a file that is not a checkpoint.
-            reason = str(err).split('WeightsUnpickler error:', 1)[-1]
-            lines = [line.strip() for line in reason.splitlines() if line.strip()]
-            detail = next((line for line in lines
-                           if line.startswith(('Unsupported global', 'Unsupported class'))), None)
-            if detail is None:  # not a pickle at all, e.g. a truncated or foreign file
-                cause = lines[0] if lines else type(err).__name__
-                raise ValueError(f'{checkpoint} is not a readable PyTorch checkpoint '
-                                 f'({cause})') from err
-            raise ValueError(
-                f'{checkpoint} holds Python objects besides tensors, so it was not loaded with '
-                f'weights_only=True ({detail}). If you trust its source, pass '
-                'trust_checkpoint=True (--trust-checkpoint on the command line).') from err
+            raise ValueError(describe_load_error(
+                checkpoint, err, 'pass trust_checkpoint=True (--trust-checkpoint on the '
+                'command line)')) from err
     state_dict = loaded.get('state_dict', loaded) if isinstance(loaded, Mapping) else None
     if not isinstance(state_dict, Mapping) or \
             not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
         raise ValueError('checkpoint: expected a state_dict of tensors (or a dict holding one '
                          "under 'state_dict')")
     return dict(state_dict)
+
+
+def describe_load_error(path, err: BaseException, how_to_trust: str) -> str:
+    """What a failed ``torch.load(path, weights_only=True)`` means, in one line: an empty or
+    truncated file, a file refused as unsafe (a pickle of Python objects besides tensors,
+    which the weights-only unpickler does not run; ``how_to_trust`` says how to load it
+    anyway), or a file that is not a PyTorch checkpoint; else the error itself."""
+    message = str(err)
+    if isinstance(err, EOFError):
+        size = Path(path).stat().st_size if Path(path).is_file() else None
+        return (f'{path} is empty (0 bytes), not a PyTorch checkpoint' if size == 0 else
+                f'{path} ends too early ({size} bytes): a truncated or incomplete file')
+    if not isinstance(err, pickle.UnpicklingError):
+        return f'cannot read {path}: {message or type(err).__name__}'
+    # torch names a refused object as 'GLOBAL module.name' ('Unsupported global: GLOBAL
+    # x.Y was not an allowed global', 'unsupported GLOBAL posix.system whose module posix
+    # is blocked'); before torch 2.4 as 'Unsupported class x.Y'.
+    refused = re.search(r'(?:GLOBAL|Unsupported class:?)\s+([\w.]+)', message)
+    if refused is not None:
+        return (f'{path} was refused as unsafe: it pickles Python objects besides tensors '
+                f'({refused.group(1)}), which loading with weights_only=True does not run. '
+                f'If you trust its source, {how_to_trust}')
+    # the unpickler's reason follows 'WeightsUnpickler error:', on its line or the next
+    reason = message.split('WeightsUnpickler error:', 1)[-1]
+    lines = [line.strip() for line in reason.splitlines() if line.strip()]
+    cause = lines[0] if lines else type(err).__name__
+    return f'{path} is not a readable PyTorch checkpoint ({cause})'
 
 
 @dataclass

@@ -61,7 +61,7 @@ class ImplicitFitConfig:
         num_frequencies, min_frequency, max_frequency: the Fourier features' frequencies,
             log-spaced from min to max, in radians per unit of the inputs (coordinates in
             [-1, 1], colours in [0, 1]); the default's highest has a period of 3.5 px at
-            224 px and of 3 % of a colour channel's range.
+            224 px and of 3 % of the image's colour range.
         hidden_dim, num_layers, dropout: the MLP (paper: 3 ReLU layers with layer
             normalisation and dropout 0.1; FeatUp's public code: 128 wide).
         lr: NAdam learning rate (paper: 1e-3).
@@ -170,15 +170,21 @@ class FeaturePCA(nn.Module):
         return torch.einsum('bkhw,ck->bchw', coefficients, self.basis * self.scale) + \
             self.mean[:, None, None]
 
+    def decode_pixels(self, coefficients: torch.Tensor) -> torch.Tensor:
+        """:meth:`decode` of (B, N, k) pixel rows: (B, N, C)."""
+        return torch.addmm(self.mean, coefficients.flatten(0, 1),
+                           (self.basis * self.scale).T).view(*coefficients.shape[:2], -1)
+
 
 class ImplicitFeatureField(nn.Module):
     """FeatUp's implicit network: per pixel, F = MLP(h(e_i : e_j : x, w)) (paper eq. 7).
 
     The input of a pixel is sin and cos of each of its inputs times each frequency w:
     its coordinates (pixel centres, in [-1, 1] along each axis, so any size and aspect
-    ratio samples the same field) and, with ``color_features``, its colour, mapped to
-    [0, 1] per channel by the range that :meth:`set_colour_range` recorded (the fitted
-    image's). The MLP has ``num_layers`` linear layers, each after a LayerNorm, with ReLU
+    ratio samples the same field) and, with ``color_features``, its colour, each channel
+    shifted by its minimum and divided by the widest channel's range in the image that
+    :meth:`set_colour_range` recorded (the fitted image's), so the fitted colours lie in
+    [0, 1]. The MLP has ``num_layers`` linear layers, each after a LayerNorm, with ReLU
     and dropout between them.
 
     ``forward(image)`` maps a (B, 3, H, W) image to (B, out_dim, H, W) features.
@@ -224,26 +230,36 @@ class ImplicitFeatureField(nn.Module):
         colours."""
         inputs = coordinates.expand(colours.shape[0], -1, -1)
         if self.color_features:
-            scale = (self.colour_high - self.colour_low).clamp(min=1e-6)
+            # One scale for every channel, the fitted image's widest channel range: a
+            # channel that barely varied there (one of constant colour) is not blown up into
+            # the frequencies' range by its own tiny range, where any noise in a queried
+            # image would move the features. An image of one colour gives colour no weight.
+            span = (self.colour_high - self.colour_low).max()
+            scale = torch.where(span > 0, span, torch.full_like(span, math.inf))
             inputs = torch.cat([inputs, (colours - self.colour_low) / scale], -1)
         phases = (inputs[..., None] * self.frequencies).flatten(-2)
         return torch.cat([phases.sin(), phases.cos()], -1)
 
-    def forward(self, image: torch.Tensor, chunk_size: Optional[int] = None) -> torch.Tensor:
-        """(B, out_dim, H, W) features of (B, 3, H, W) ``image``, computed ``chunk_size``
-        pixels at a time if given (memory only)."""
-        batch, _, height, width = image.shape
+    def pixel_chunks(self, image: torch.Tensor, chunk_size: Optional[int] = None):
+        """Yields (pixel slice, (B, n, out_dim) predictions) for ``chunk_size`` pixels of
+        (B, 3, H, W) ``image`` at a time (all at once if None), in row-major order."""
+        height, width = image.shape[-2:]
+        step = height * width if chunk_size is None else \
+            check_int('ImplicitFeatureField', 'chunk_size', chunk_size)
         ys = (torch.arange(height, device=image.device, dtype=image.dtype) + 0.5) * 2 / height
         xs = (torch.arange(width, device=image.device, dtype=image.dtype) + 0.5) * 2 / width
         coordinates = torch.stack(torch.meshgrid(ys - 1, xs - 1, indexing='ij'), -1)
         coordinates = coordinates.reshape(1, -1, 2)
         colours = image.flatten(2).transpose(1, 2)
-        step = chunk_size or height * width
-        chunks = [
-            self.mlp(self.encode(coordinates[:, start:start + step],
-                                 colours[:, start:start + step]))
-            for start in range(0, height * width, step)
-        ]
+        for start in range(0, height * width, step):
+            pixels = slice(start, start + step)
+            yield pixels, self.mlp(self.encode(coordinates[:, pixels], colours[:, pixels]))
+
+    def forward(self, image: torch.Tensor, chunk_size: Optional[int] = None) -> torch.Tensor:
+        """(B, out_dim, H, W) features of (B, 3, H, W) ``image``, computed ``chunk_size``
+        pixels at a time if given (memory only)."""
+        batch, _, height, width = image.shape
+        chunks = [out for _, out in self.pixel_chunks(image, chunk_size)]
         out = chunks[0] if len(chunks) == 1 else torch.cat(chunks, 1)
         return out.transpose(1, 2).reshape(batch, self.out_dim, height, width)
 
@@ -290,6 +306,14 @@ def _check_image(owner: str, image) -> None:
                type(image).__name__)
         raise ValueError(f'{owner}: image must be a floating-point (1, 3, H, W) tensor, '
                          f'got {got}')
+    _check_finite(owner, 'image', image)
+
+
+def _check_finite(owner: str, name: str, t: torch.Tensor) -> None:
+    bad = (~torch.isfinite(t)).sum().item()
+    if bad:
+        raise ValueError(f'{owner}: {name} {tuple(t.shape)} has {bad} NaN or infinite values; '
+                         'fix the input (e.g. its normalisation) first')
 
 
 def _backbone_features(backbone: Backbone, images: torch.Tensor) -> torch.Tensor:
@@ -303,6 +327,7 @@ def _backbone_features(backbone: Backbone, images: torch.Tensor) -> torch.Tensor
         raise ValueError(f'fit_implicit_features: backbone must map (B, 3, H, W) images to '
                          f'one (B, C, h, w) feature tensor (select a level of a multi-level '
                          f'backbone), got {got} for images of shape {tuple(images.shape)}')
+    _check_finite('fit_implicit_features', "the backbone's features", features)
     return features
 
 
@@ -341,19 +366,25 @@ class ImplicitFeatures(nn.Module):
         The pixels' colours come from ``image`` (1, 3, h, w), normalised like the fitted
         image — e.g. a higher-resolution copy of it — else from the fitted image; either is
         resized (bilinear, antialiased) to ``size`` if needed. ``chunk_size`` pixels are
-        evaluated at a time (memory only).
+        evaluated and decoded at a time into the preallocated output, so the memory beyond
+        the output is that of one chunk (and the pixels' colours).
         """
-        size = self.image.shape[-2:] if size is None else check_size('query', 'size', size)
+        owner = 'ImplicitFeatures.query'
+        size = self.image.shape[-2:] if size is None else check_size(owner, 'size', size)
+        chunk_size = check_int(owner, 'chunk_size', chunk_size)
         image = self.image if image is None else image
-        _check_image('ImplicitFeatures.query', image)
+        _check_image(owner, image)
         image = image.to(self.image)
         if tuple(image.shape[-2:]) != tuple(size):
             image = F.interpolate(image, size, mode='bilinear', align_corners=False,
                                   antialias=True)
         was_training = self.training
         self.eval()
+        features = image.new_empty((1, self.pca.mean.shape[0], *size))
+        rows = features.view(1, features.shape[1], -1)
         with torch.no_grad():
-            features = self.pca.decode(self.field(image, chunk_size))
+            for pixels, coefficients in self.field.pixel_chunks(image, chunk_size):
+                rows[:, :, pixels] = self.pca.decode_pixels(coefficients).transpose(1, 2)
         self.train(was_training)
         return features
 
@@ -398,10 +429,12 @@ def view_reconstruction_error(high_res: torch.Tensor, image: torch.Tensor, backb
 
 
 def _view_coefficients(image: torch.Tensor, backbone: Backbone, jitters: Sequence[Jitter],
-                       config: ImplicitFitConfig, feature_shape: torch.Size,
+                       config: ImplicitFitConfig, low_res: torch.Tensor,
                        progress: Optional[ProgressFn]):
     """(targets (N, k, h, w), pca): the views' backbone features, computed in batches, as
-    coefficients of a :class:`FeaturePCA` fitted on the first ``PCA_FIT_VIEWS`` or more."""
+    coefficients of a :class:`FeaturePCA` fitted on the first ``PCA_FIT_VIEWS`` or more, in
+    the dtype of the image's ``low_res`` features."""
+    feature_shape = low_res.shape
     clock = _Clock('views', len(jitters), progress)
     pending: List[torch.Tensor] = []
     targets: List[torch.Tensor] = []
@@ -409,6 +442,7 @@ def _view_coefficients(image: torch.Tensor, backbone: Backbone, jitters: Sequenc
     for start in range(0, len(jitters), config.view_batch_size):
         batch = jitters[start:start + config.view_batch_size]
         features = _backbone_features(backbone, torch.cat([jitter(image) for jitter in batch]))
+        features = features.to(low_res.dtype)
         if features.shape[1:] != feature_shape[1:]:
             raise ValueError(f'fit_implicit_features: the backbone gave {tuple(features.shape)} '
                              f'features for views of the image, but {tuple(feature_shape)} '
@@ -451,7 +485,15 @@ def fit_implicit_features(image: torch.Tensor, backbone: Backbone,
             the dropouts and the random projections use torch's global generator).
 
     Returns:
-        The fitted :class:`ImplicitFeatures`, in eval mode, on the image's device.
+        The fitted :class:`ImplicitFeatures`, in eval mode, on the image's device, in its
+        dtype, except for a float16 image: float16 cannot hold the optimiser's state
+        (NAdam's eps of 1e-8 rounds to 0 and the loss turns NaN), so the backbone runs on the
+        float16 image and the field is fitted, and answers queries, in float32.
+
+    Raises:
+        ValueError: for a bad image, config or backbone output, or NaN or infinite values in
+            the image or the backbone's features.
+        FloatingPointError: if the loss stops being finite.
     """
     config = ImplicitFitConfig() if config is None else config
     if not isinstance(config, ImplicitFitConfig):
@@ -459,7 +501,8 @@ def fit_implicit_features(image: torch.Tensor, backbone: Backbone,
                          f'got {type(config).__name__}')
     _check_image('fit_implicit_features', image)
     height, width = image.shape[-2:]
-    low_res = _backbone_features(backbone, image)
+    dtype = torch.float32 if image.dtype == torch.float16 else image.dtype
+    low_res = _backbone_features(backbone, image).to(dtype)
     _, grid = window_grid((height, width), low_res.shape[-2:], config.kernel_size)
     if grid[0] < low_res.shape[-2] or grid[1] < low_res.shape[-1]:
         raise ValueError(
@@ -469,7 +512,7 @@ def fit_implicit_features(image: torch.Tensor, backbone: Backbone,
             f'{min(height - low_res.shape[-2], width - low_res.shape[-1]) + 1}')
     jitters = [sample_jitter(height, width, config.max_pad, config.max_zoom, generator)
                for _ in range(config.num_views)]
-    targets, pca = _view_coefficients(image, backbone, jitters, config, low_res.shape, progress)
+    targets, pca = _view_coefficients(image, backbone, jitters, config, low_res, progress)
     pca_dim = pca.dim
 
     field = ImplicitFeatureField(pca_dim, config.hidden_dim, config.num_layers, config.dropout,
@@ -477,23 +520,29 @@ def fit_implicit_features(image: torch.Tensor, backbone: Backbone,
                                  config.min_frequency, config.max_frequency)
     criterion = ReconstructionCriterion(pca_dim, config.downsampler, config.kernel_size,
                                         proj_dim=pca_dim, uncertainty=config.uncertainty)
-    fitted = ImplicitFeatures(field, criterion, pca, image, low_res).to(image)
-    field.set_colour_range(image)
+    fitted = ImplicitFeatures(field, criterion, pca, image, low_res).to(image.device, dtype)
+    field.set_colour_range(fitted.image)
     optimizer = torch.optim.NAdam(fitted.parameters(), lr=config.lr)
     fitted.train()
     clock = _Clock('fit', config.steps, progress)
     for step in range(1, config.steps + 1):
-        high_res = field(image)
+        high_res = field(fitted.image)
         picked = torch.randint(len(jitters), (config.num_jitters, ), generator=generator)
         views = torch.cat([jitters[index](high_res) for index in picked.tolist()])
         loss = criterion(views, targets[picked.to(targets.device)])
         if config.tv_weight:
             magnitude = torch.linalg.vector_norm(high_res, dim=1, keepdim=True)
             loss = loss + config.tv_weight * total_variation(magnitude)
+        value = loss.item()
+        if not math.isfinite(value):
+            raise FloatingPointError(
+                f'fit_implicit_features: the loss became {value} at step {step} of '
+                f'{config.steps} ({image.dtype} image, fitted in {dtype}); a smaller lr or a '
+                'float32 image may help')
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        fitted.losses.append(loss.item())
-        clock.report(step, fitted.losses[-1])
+        fitted.losses.append(value)
+        clock.report(step, value)
     optimizer.zero_grad(set_to_none=True)
     return fitted.eval()

@@ -20,6 +20,14 @@ except ImportError:
     from torch._dynamo import is_compiling as _compiling
 
 
+def recording() -> bool:
+    """Whether the forward is being recorded rather than run: compiled (torch.compile, where
+    the compiler chooses what to store) or traced (torch.jit.trace, e.g. by FLOP counters
+    and the TorchScript ONNX exporter, which record a custom autograd.Function as an opaque
+    call). Then the stages run their plain differentiable ops."""
+    return _compiling() or torch.jit.is_tracing()
+
+
 def autocast_enabled(device_type: str) -> bool:
     """Whether autocast is on for ``device_type`` (torch.is_autocast_enabled(device_type)
     is torch 2.4+)."""
@@ -66,7 +74,7 @@ def residual_conv1x1(x: torch.Tensor, dropout: nn.Dropout2d, conv: nn.Conv2d,
     Dropout2d, so the same RNG state gives the same mask. Under autocast the plain form
     runs: the product would round the residual ``x`` too.
     """
-    if autocast_enabled(x.device.type):
+    if autocast_enabled(x.device.type) or torch.jit.is_tracing():
         return x + scale * conv(dropout(x))
     batch, channels, height, width = x.shape
     weight = (scale * conv.weight.reshape(-1, channels)).expand(batch, -1, -1)
@@ -274,7 +282,7 @@ class JBUStage(nn.Module):
             # 80 MiB for the kernels and products.
             return _KernelRecomputingStage.apply(self, source, guidance, products,
                                                  *self.parameters())
-        training = torch.is_grad_enabled() and not _compiling()
+        training = torch.is_grad_enabled() and not recording()
         if training and guidance.device.type == 'cpu':
             # Under autocast: only the kernel's intermediates are recomputed (the dropout
             # masks identically: the RNG state is restored).
@@ -282,8 +290,7 @@ class JBUStage(nn.Module):
         else:
             # Not on a GPU: there the recomputation's launches and bookkeeping cost more
             # than its arithmetic (H100, a SegFormer-B1 JBU head's six stages: 30 ms stored,
-            # 53 ms recomputed). Not while compiling, where the compiler chooses what to
-            # store.
+            # 53 ms recomputed). Not while compiling or tracing (:func:`recording`).
             kernel = self.kernel(guidance, products)
         if training and (source.requires_grad or kernel.requires_grad) \
                 and not autocast_enabled(source.device.type):
@@ -324,9 +331,9 @@ class JBUStage(nn.Module):
 def recomputes_kernel(guidance: torch.Tensor) -> bool:
     """Whether a stage guided by ``guidance`` recomputes its kernel in the backward rather
     than storing it: CPU training, not under autocast (whose lower precision the chunked
-    backward would not reproduce) and not while compiling (where the compiler chooses
-    what to store)."""
-    return (torch.is_grad_enabled() and guidance.device.type == 'cpu' and not _compiling()
+    backward would not reproduce) and not while compiling or tracing
+    (:func:`recording`)."""
+    return (torch.is_grad_enabled() and guidance.device.type == 'cpu' and not recording()
             and not autocast_enabled('cpu'))
 
 

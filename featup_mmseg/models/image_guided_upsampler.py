@@ -29,6 +29,10 @@ class ImageGuidedUpsampler(BaseModule):
     ``tools/convert_featup_checkpoint.py`` writes from FeatUp's published checkpoints.
     """
     DEFAULT_OUT_STRIDE = 4
+    # for featup_mmseg.ops.onnx_export.export_onnx
+    onnx_static_axes = dict.fromkeys(
+        ('height', 'width'), "its stages' sizes are computed from the image size in Python, "
+        'so an export fixes them')
 
     def __init__(self,
                  in_channels: int,

@@ -13,16 +13,24 @@ from typing import Callable, Optional, Sequence, Tuple
 MAX_IMAGE_SIDE = 1 << 14
 
 
-def level_stride(image_size: Sequence[int], level_size: Sequence[int]) -> int:
+def level_stride(image_size: Sequence[int], level_size: Sequence[int],
+                 unpadded: bool = False) -> int:
     """The stride of a backbone level of ``level_size`` for an input of ``image_size``.
 
-    Any stride s with ceil(S / s) = n in both dimensions fits; of those, a power of two
-    (mmseg's backbones: 4, 8, 16, 32) if there is one, else the smallest integer.
+    Any stride s with ceil(S / s) = n in both dimensions fits (mmseg's backbones pad their
+    strided layers); with ``unpadded``, also one with floor(S / s) = n (backbones that do
+    not pad cover only floor(S / s) cells, e.g. timm's ConvNeXt and ViTs). Of those, a
+    power of two (4, 8, 16, 32) if there is one, else the smallest integer.
     """
-    low = max(image / level for image, level in zip(image_size, level_size))
-    high = min(image / (level - 1) if level > 1 else math.inf
-               for image, level in zip(image_size, level_size))
-    power = 2**math.ceil(math.log2(max(low, 1.0)))
+    pairs = list(zip(image_size, level_size))
+    high = min(image / (level - 1) if level > 1 else math.inf for image, level in pairs)
+    if unpadded:  # s > S / (n + 1)
+        above = max(image / (level + 1) for image, level in pairs)
+        low = math.floor(above) + 1
+        power = 2**(math.floor(math.log2(above)) + 1) if above >= 1 else 1
+    else:  # s >= S / n
+        low = max(image / level for image, level in pairs)
+        power = 2**math.ceil(math.log2(max(low, 1.0)))
     return power if power < high else math.ceil(low)
 
 
@@ -61,3 +69,92 @@ def check_guide_sizes(owner: str, stages: str, guides: Sequence[Tuple[str, Tuple
         f'{owner} with {stages} needs input images of at least {minimum} x {minimum} px, got '
         f'{height} x {width}; resize or pad the inputs, or with slide inference use a '
         f'crop_size of at least {minimum} x {minimum}')
+
+
+def fixed_input_size(backbone) -> Optional[Tuple[int, int]]:
+    """The one input size ``backbone`` takes, if it has one: a timm ViT built with a fixed
+    ``img_size`` (its patch embedding's ``strict_img_size``), e.g. behind mmseg's
+    TIMMBackbone."""
+    for module in backbone.modules():
+        size = getattr(module, 'img_size', None)
+        if getattr(module, 'strict_img_size', False) and size is not None:
+            return int(size[0]), int(size[1])
+    return None
+
+
+def config_input_size(cfg) -> Optional[Tuple[int, int]]:
+    """The input size an mmseg config's model is meant for: its data preprocessor's
+    ``size``, else the config's ``crop_size``, else the backbone's ``img_size``; None if it
+    names none."""
+    model = cfg.get('model', {})
+    for size in ((model.get('data_preprocessor') or {}).get('size'), cfg.get('crop_size'),
+                 (model.get('backbone') or {}).get('img_size')):
+        if size is not None:
+            return (int(size), int(size)) if isinstance(size, int) else \
+                (int(size[0]), int(size[1]))
+    return None
+
+
+def probe_stride(features: Callable, size: Sequence[int], device=None) -> int:
+    """The stride of the feature grid ``features`` (images -> (B, C, h, w)) gives for
+    (H, W) ``size`` inputs, measured on a zero image.
+
+    Raises:
+        ValueError: where the backbone refuses the size, with its reason.
+    """
+    import torch
+    height, width = size
+    try:
+        with torch.no_grad():
+            grid = features(torch.zeros(1, 3, height, width, device=device)).shape[-2:]
+    except (AssertionError, RuntimeError, ValueError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f'the backbone does not take {height} x {width} inputs: '
+                         f'{reason}') from None
+    return level_stride(size, grid, unpadded=True)
+
+
+def check_stride_multiple(option: str, size: Sequence[int], stride: int) -> None:
+    """Refuses an input size that the backbone's feature grid of ``stride`` does not tile:
+    its features would cover more or less than the image and be stretched over it."""
+    if all(side % stride == 0 for side in size):
+        return
+    cells = ' x '.join(f'{side / stride:g}' for side in size)
+    below = [max(stride, side // stride * stride) for side in size]
+    above = [-(-side // stride) * stride for side in size]
+    raise ValueError(
+        f'{option} {size[0]} {size[1]}: the backbone\'s features (stride {stride}) would cover '
+        f'{cells} cells of it and be stretched over the image; use a multiple of {stride}, '
+        f'e.g. {option} {below[0]} {below[1]} or {option} {above[0]} {above[1]}')
+
+
+def round_to_stride(size: Sequence[int], stride: int) -> Tuple[int, int]:
+    """``size`` rounded to the nearest multiples of ``stride`` (at least one)."""
+    return tuple(max(stride, round(side / stride) * stride) for side in size)
+
+
+def backbone_input_size(option: str, requested: Optional[Sequence[int]],
+                        default: Sequence[int], features: Callable, backbone,
+                        probe_size: Sequence[int], device=None) -> Tuple[int, int]:
+    """The (H, W) a tool runs ``features`` (images -> (B, C, h, w), e.g. a backbone
+    level) at: ``requested`` if the backbone takes it and its feature grid tiles it, else a
+    ValueError naming sizes that work; without a request, ``default`` rounded to the grid's
+    stride. A backbone with a fixed input size (:func:`fixed_input_size`) takes only that.
+
+    ``probe_size``, a size the backbone takes (e.g. :func:`config_input_size`), measures
+    the stride.
+    """
+    fixed = fixed_input_size(backbone)
+    if fixed is not None:
+        if requested is not None and tuple(requested) != fixed:
+            raise ValueError(
+                f'{option} {requested[0]} {requested[1]}: the backbone takes only {fixed[0]} x '
+                f'{fixed[1]} inputs (a timm model built with that img_size; build it with '
+                f'dynamic_img_size=True for others); use {option} {fixed[0]} {fixed[1]}')
+        return fixed
+    stride = probe_stride(features, probe_size, device)
+    if requested is None:
+        return round_to_stride(default, stride)
+    check_stride_multiple(option, requested, stride)
+    probe_stride(features, requested, device)  # refused for another reason: say which
+    return int(requested[0]), int(requested[1])

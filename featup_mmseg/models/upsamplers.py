@@ -67,8 +67,35 @@ def upsampler_type(owner: str, cfg) -> str:
             raise ValueError(f'{owner}: upsampler=dict(type={kind!r}) takes no other keys, got '
                              f'unexpected keys {sorted(set(cfg) - {"type"})}')
     elif not isinstance(kind, str) or MODELS.get(kind) is None:
-        raise ValueError(f'{owner}: unknown upsampler type {kind!r}; use {CHOICES}')
+        raise ValueError(f'{owner}: unknown upsampler type {kind!r}{_did_you_mean(kind)}; '
+                         f'use {CHOICES}')
+    elif not _takes_guidance_dim(MODELS.get(kind)):
+        cls = MODELS.get(kind)
+        raise ValueError(
+            f'{owner}: upsampler type {kind!r} is {cls.__module__}.{cls.__qualname__}, which '
+            'is not a guided upsampler (its constructor takes no guidance_dim; a guided '
+            f'upsampler is built with guidance_dim and called as upsampler(source, '
+            f'guidance)){_did_you_mean(kind)}; use {CHOICES}')
     return kind
+
+
+def _takes_guidance_dim(cls) -> bool:
+    try:
+        parameters = inspect.signature(cls).parameters.values()
+    except (TypeError, ValueError):  # no signature to read: let the build decide
+        return True
+    return any(p.name == 'guidance_dim' or p.kind is inspect.Parameter.VAR_KEYWORD
+               for p in parameters)
+
+
+def _did_you_mean(kind) -> str:
+    """', did you mean 'CARAFE'?' where ``kind`` is one of the guided types in another case
+    (mmcv registers 'carafe', its single-input CARAFEPack, in the same registry)."""
+    names = ['JBUStage', *feature_upsamplers.__all__]
+    match = next((name for name in names
+                  if isinstance(kind, str) and name.lower() == kind.lower().replace('_', '')),
+                 None)
+    return f' (did you mean {match!r}?)' if match is not None and match != kind else ''
 
 
 def checked_upsampler_config(owner: str, cfg) -> dict:

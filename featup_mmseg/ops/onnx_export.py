@@ -21,7 +21,10 @@ computes the same sums (only the float rounding order may differ).
 Nothing here runs at import or touches torch.onnx until asked:
 
 - ``dynamo=False`` (the TorchScript exporter, every supported torch):
-  :func:`register_onnx_translations` registers the ops' symbolics;
+  :func:`register_onnx_translations` registers the ops' symbolics, for the
+  ``featup_mmseg::`` namespace only (importing ``featup_mmseg.plugin`` does). Without them
+  the ops refuse to be traced by that exporter, naming this call, instead of failing
+  after tracing with torch's "unrecognized namespace featup_mmseg";
 - ``dynamo=True`` (torch >= 2.5's ``torch.export``-based exporter): pass
   ``custom_translation_table=onnx_translation_table()`` (onnxscript is imported then);
 - :func:`export_onnx` does both and calls ``torch.onnx.export``.
@@ -143,9 +146,21 @@ def _kernel_size_from_taps(taps) -> int:
 # ----------------------------------------------------------------------------------------
 # dynamo=False: TorchScript symbolics
 
+# the public ops with an ONNX translation (the others exist for backward passes only)
+TRANSLATED_OPS = ('window_correlation', 'window_cross_correlation', 'adaptive_conv')
+_symbolics_registered = False
+
+
+def translations_registered() -> bool:
+    """Whether :func:`register_onnx_translations` has run in this process."""
+    return _symbolics_registered
+
+
 def register_onnx_translations() -> None:
     """Registers the ops' symbolics with torch.onnx's TorchScript exporter
-    (``torch.onnx.export(..., dynamo=False)``), for every opset >= 13. Idempotent."""
+    (``torch.onnx.export(..., dynamo=False)``), for every opset >= 13. Idempotent; only
+    the ``featup_mmseg::`` ops are registered."""
+    global _symbolics_registered
     from torch.onnx import symbolic_helper
 
     @symbolic_helper.parse_args('v', 'i', 's')
@@ -169,6 +184,7 @@ def register_onnx_translations() -> None:
     for symbolic in (window_correlation, adaptive_conv_backward_kernel, adaptive_conv):
         torch.onnx.register_custom_op_symbolic(f'featup_mmseg::{symbolic.__name__}', symbolic,
                                                MIN_OPSET)
+    _symbolics_registered = True
 
 
 # ----------------------------------------------------------------------------------------
@@ -204,6 +220,45 @@ def onnx_translation_table() -> Dict[Callable, Callable]:
             ops.adaptive_conv.default: adaptive_conv}
 
 
+# A module can declare input axes its export cannot leave dynamic, as a class attribute
+# ``onnx_static_axes = {axis name: why}``; names of the model inputs' axes: 0 'batch' and,
+# of 4-D inputs, 2 'height' and 3 'width'. export_onnx refuses a request to vary them.
+ONNX_AXIS_NAMES = {0: 'batch', 2: 'height', 3: 'width'}
+
+
+def _dynamic_axis_names(kwargs) -> set:
+    """The axis names (ONNX_AXIS_NAMES) that torch.onnx.export's ``dynamic_axes`` or
+    ``dynamic_shapes`` mark dynamic in any input."""
+    axes = set()
+    input_names = kwargs.get('input_names')
+    for name, spec in (kwargs.get('dynamic_axes') or {}).items():
+        if input_names is None or name in input_names:
+            axes.update(spec)  # a dict {axis: name} or a list of axes
+    shapes = kwargs.get('dynamic_shapes') or ()
+    for spec in (shapes.values() if isinstance(shapes, dict) else shapes):
+        axes.update(spec or ())
+    return {ONNX_AXIS_NAMES[axis] for axis in axes if axis in ONNX_AXIS_NAMES}
+
+
+def check_dynamic_axes(model: torch.nn.Module, dynamic_axes) -> None:
+    """Refuses to export ``model`` with any of the axis names ``dynamic_axes`` dynamic that
+    one of its modules declares static (``onnx_static_axes``): the export would fix them
+    and fail later, or run only at the exported size.
+
+    Raises:
+        ValueError: naming the module, the axes, why, and the axes it supports.
+    """
+    for module in model.modules():
+        static = getattr(module, 'onnx_static_axes', {})
+        refused = sorted(set(dynamic_axes) & set(static))
+        if refused:
+            supported = [name for name in ONNX_AXIS_NAMES.values() if name not in static]
+            raise ValueError(
+                f'export_onnx: {type(module).__name__} cannot be exported with a dynamic '
+                f'{" and ".join(refused)} ({static[refused[0]]}); dynamic axes it supports: '
+                f'{", ".join(supported) or "none (export at a fixed shape)"}')
+
+
 def dynamo_export_available() -> bool:
     """Whether this torch's ``torch.onnx.export`` takes ``dynamo=`` (torch >= 2.5)."""
     return 'dynamo' in inspect.signature(torch.onnx.export).parameters
@@ -218,8 +273,10 @@ def export_onnx(model: torch.nn.Module, args: tuple, f, dynamo: bool = False, **
     module's mode, with ``model.train(mode)``, which turns the eval submodules of a
     train-mode wrapper into training mode; torch.export then exports them as training,
     dropout and drop-path included.) Returns what ``torch.onnx.export`` returns (an
-    ``ONNXProgram`` for ``dynamo=True``).
+    ``ONNXProgram`` for ``dynamo=True``). Dynamic axes that a module of the model cannot
+    vary (:func:`check_dynamic_axes`) are refused before anything is traced.
     """
+    check_dynamic_axes(model, _dynamic_axis_names(kwargs))
     if dynamo:
         if not dynamo_export_available():
             raise RuntimeError(f'torch {torch.__version__} has no torch.onnx.export(dynamo=True) '

@@ -161,6 +161,24 @@ def _check_out(op: str, out, shape, like: torch.Tensor, inputs) -> None:
                          'torch.no_grad() or leave out out')
 
 
+def _check_onnx_export(op: str) -> None:
+    """Under torch.onnx's TorchScript exporter, refuses an op it cannot translate, before
+    tracing goes on (torch would fail at the end, printing the whole traced graph, with
+    "unrecognized namespace featup_mmseg")."""
+    if not (torch.jit.is_tracing() and torch.onnx.is_in_onnx_export()):
+        return
+    from .onnx_export import TRANSLATED_OPS, translations_registered
+    if op not in TRANSLATED_OPS:
+        raise RuntimeError(f'featup_mmseg.ops.{op} has no ONNX translation; exported models '
+                           f'can use {", ".join(TRANSLATED_OPS)}')
+    if not translations_registered():
+        raise RuntimeError(
+            f'torch.onnx.export (TorchScript exporter) met featup_mmseg.ops.{op}, whose ONNX '
+            'translation is not registered: call featup_mmseg.ops.onnx_export.'
+            'register_onnx_translations() before exporting (importing featup_mmseg.plugin '
+            'does it), or export with featup_mmseg.ops.onnx_export.export_onnx')
+
+
 def _kernel_size_from_taps(op: str, taps: int) -> int:
     kernel_size = math.isqrt(taps)
     if kernel_size * kernel_size != taps or kernel_size % 2 == 0:
@@ -205,6 +223,7 @@ def window_correlation(q: torch.Tensor, kernel_size: int = 7,
         (B, k*k, H, W) tensor of q's dtype.
     """
     op = 'window_correlation'
+    _check_onnx_export(op)
     _check_map(op, 'q', q)
     _check_window(op, kernel_size, padding_mode, q.shape[2], q.shape[3])
     if _use_ext(q.device):
@@ -236,6 +255,7 @@ def window_cross_correlation(queries: torch.Tensor, keys: torch.Tensor, kernel_s
         (B, k*k, H, W) tensor of the inputs' dtype.
     """
     op = 'window_cross_correlation'
+    _check_onnx_export(op)
     _check_map(op, 'queries', queries)
     _check_map(op, 'keys', keys)
     _check_same_place(op, 'keys', keys, 'queries', queries)
@@ -286,6 +306,7 @@ def adaptive_conv(x: torch.Tensor, kernel: torch.Tensor, padding_mode: Optional[
         (B, C, H, W) tensor of x's dtype.
     """
     op = 'adaptive_conv'
+    _check_onnx_export(op)
     if isinstance(kernel, torch.Tensor) and kernel.dim() == 5:
         if out is not None:
             raise ValueError(f"{op}: out is not supported with FeatUp's 5-D kernel layout")
@@ -327,6 +348,7 @@ def adaptive_conv_transpose(y: torch.Tensor, kernel: torch.Tensor,
     Returns:
         (B, C, H, W) tensor of y's dtype.
     """
+    _check_onnx_export('adaptive_conv_transpose')
     _check_features_and_kernel('adaptive_conv_transpose', 'y', y, kernel, padding_mode,
                                '4-D (B, k*k, H, W)')
     if _use_ext(y.device):
@@ -352,6 +374,8 @@ def bicubic_resize(x: torch.Tensor, size) -> torch.Tensor:
     op = 'bicubic_resize'
     _check_map(op, 'x', x)
     size = _check_resize(op, 'x', x, 'size', size)
+    if torch.jit.is_tracing():  # traces (FLOP counters, ONNX export) see the aten op
+        return bicubic_resize_reference(x, size)
     if _use_ext(x.device):
         return _compiled_ops.bicubic_resize(x, size)
     return bicubic_resize_reference(x, size)
@@ -371,6 +395,7 @@ def bicubic_resize_transpose(y: torch.Tensor, input_size) -> torch.Tensor:
         (B, C, h, w) tensor of y's dtype.
     """
     op = 'bicubic_resize_transpose'
+    _check_onnx_export(op)
     _check_map(op, 'y', y)
     input_size = _check_resize(op, 'y', y, 'input_size', input_size)
     if _use_ext(y.device):
@@ -379,12 +404,19 @@ def bicubic_resize_transpose(y: torch.Tensor, input_size) -> torch.Tensor:
 
 
 def _check_resize(op: str, name: str, t: torch.Tensor, size_name: str, size) -> list:
-    """``size`` as a list of two positive ints, and t's spatial size non-empty."""
+    """``size`` as a list of two positive ints, and t's spatial size non-empty. Under
+    torch.jit.trace, sizes read off tensors are 0-d integer tensors: kept as they are."""
     if isinstance(size, torch.Size):
         size = tuple(size)
-    if not isinstance(size, (tuple, list)) or len(size) != 2 or any(
-            isinstance(s, bool) or not isinstance(s, (int, torch.SymInt)) or s < 1
-            for s in size):
+    traced = torch.jit.is_tracing()
+
+    def is_size(s) -> bool:
+        if traced and isinstance(s, torch.Tensor) and s.dim() == 0 and \
+                not s.is_floating_point():
+            return True
+        return not isinstance(s, bool) and isinstance(s, (int, torch.SymInt)) and s >= 1
+
+    if not isinstance(size, (tuple, list)) or len(size) != 2 or not all(map(is_size, size)):
         raise ValueError(f'{op}: {size_name} must be two positive ints (H, W), got {size!r}')
     if t.shape[2] < 1 or t.shape[3] < 1:
         raise ValueError(f'{op}: {name} must have a non-empty spatial size, got shape '
@@ -581,10 +613,12 @@ def _autograd_function_ops():
                         dict(forward=staticmethod(forward),
                              backward=staticmethod(_backward(ops, num_tensors, vjp))))
 
-        # Without gradients the op is called directly, so that torch.jit traces (e.g. FLOP
-        # counters) see featup_mmseg::<op> rather than an anonymous prim::PythonOp.
+        # Without gradients, and under torch.jit.trace, the op is called directly, so that
+        # traces (FLOP counters, the TorchScript ONNX exporter) see featup_mmseg::<op>
+        # rather than an anonymous prim::PythonOp.
         def call(*inputs, compiled=compiled, function=function, num_tensors=num_tensors):
-            if torch.is_grad_enabled() and any(t.requires_grad for t in inputs[:num_tensors]):
+            if torch.is_grad_enabled() and not torch.jit.is_tracing() and \
+                    any(t.requires_grad for t in inputs[:num_tensors]):
                 return function.apply(*inputs)
             return compiled(*inputs)
 

@@ -12,6 +12,7 @@ from mmengine.model import is_model_wrapper
 from mmengine.registry import OPTIMIZERS
 from mmseg.registry import HOOKS
 
+from ...file_checks import check_output_file
 from ...layers.argument_checks import check_choice, check_int
 from ...layers.multiview import (ReconstructionCriterion, check_criterion_arguments,
                                  check_view_arguments, multiview_reconstruction_loss)
@@ -181,7 +182,13 @@ class FeatUpPretrainHook(Hook):
     # -- the pretraining loop ----------------------------------------------------------------
 
     def pretrain(self, runner) -> List[float]:
-        """Runs the pretraining on ``runner``'s model and data; returns the step losses."""
+        """Runs the pretraining on ``runner``'s model and data; returns the step losses.
+
+        Raises:
+            OSError: before any step, if the weights could not be saved where they go.
+        """
+        if is_main_process():
+            check_output_file(self._path(runner), 'FeatUpPretrainHook: checkpoint_name')
         model = runner.model.module if is_model_wrapper(runner.model) else runner.model
         targets = find_targets(model, self.target)
         device = next(model.parameters()).device
@@ -273,6 +280,9 @@ class FeatUpPretrainHook(Hook):
         state_dict = {k: v for target in targets for k, v in target.state_dict().items()}
         meta = dict(steps=self.steps, losses=self.losses, targets=[t.name for t in targets],
                     **self.criterion_cfg)
-        path = Path(runner.work_dir) / self.checkpoint_name
+        path = self._path(runner)
         torch.save({'state_dict': state_dict, 'meta': {'featup_pretrain': meta}}, path)
         runner.logger.info(f'FeatUp pretraining: upsampler weights saved to {path}')
+
+    def _path(self, runner) -> Path:
+        return Path(runner.work_dir) / self.checkpoint_name

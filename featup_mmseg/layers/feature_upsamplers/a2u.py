@@ -7,8 +7,8 @@ import torch.nn.functional as F
 
 from ..argument_checks import check_int
 from ..pooling import average_pool
-from .common import (check_inputs, check_odd, check_scaled_size, crop, pad_bottom_right,
-                     reassemble, softmax_taps)
+from .common import (check_inputs, check_odd, check_scaled_size, crop, empty_batch,
+                     pad_bottom_right, reassemble, softmax_taps)
 
 SCALE = 2  # the affinity encoders are stride-2 convolutions: A2U is defined for x2 only
 
@@ -51,6 +51,11 @@ class A2U(nn.Module):
         encoder_kernel: size of the stride-2 affinity encoders (6).
         norm_groups: GroupNorm groups of the encodings (32); must divide guidance_dim.
     """
+
+    # for featup_mmseg.ops.onnx_export.export_onnx
+    onnx_static_axes = {'batch': 'it convolves each sample with its own predicted kernel in '
+                                 'one grouped convolution, whose groups (the batch size) an '
+                                 'export fixes'}
 
     def __init__(self, source_dim: int, guidance_dim: int, up_kernel: int = 3,
                  encoder_kernel: int = 6, norm_groups: int = 32):
@@ -99,5 +104,16 @@ class A2U(nn.Module):
         owner = type(self).__name__
         check_inputs(owner, source, guidance, self.source_dim, self.guidance_dim)
         height, width = check_scaled_size(owner, source, guidance, SCALE)
+        if not len(source):
+            return empty_batch(source, guidance)
+        group_values = self.guidance_dim // self.norm_u.num_groups * source.shape[-2] * \
+            source.shape[-1]
+        if group_values < 2:
+            raise ValueError(
+                f'{owner}: its GroupNorm of norm_groups={self.norm_u.num_groups} over '
+                f'guidance_dim={self.guidance_dim} channels normalises one value per group for a '
+                f'{source.shape[-2]} x {source.shape[-1]} source (the encodings have the '
+                "source's size), which has no variance; use a source of at least 2 pixels or "
+                'fewer norm_groups (guidance_dim // norm_groups >= 2)')
         kernel = self.kernel(pad_bottom_right(guidance, height, width))
         return crop(reassemble(source, kernel, SCALE), *guidance.shape[-2:])

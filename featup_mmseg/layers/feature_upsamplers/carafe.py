@@ -4,7 +4,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..argument_checks import check_int
-from .common import (check_inputs, check_odd, check_scaled_size, crop, reassemble,
+from .common import (check_inputs, check_odd, check_scaled_size, crop, empty_batch, reassemble,
                      softmax_taps)
 
 
@@ -74,5 +74,7 @@ class CARAFE(nn.Module):
         owner = type(self).__name__
         check_inputs(owner, source, guidance, self.source_dim, self.guidance_dim)
         check_scaled_size(owner, source, guidance, self.scale_factor)
+        if not len(source):
+            return empty_batch(source, guidance)
         out = reassemble(source, self.kernel(source), self.scale_factor)
         return crop(out, *guidance.shape[-2:])

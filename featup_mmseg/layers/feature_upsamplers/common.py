@@ -50,6 +50,13 @@ def check_inputs(owner: str, source, guidance, source_dim: int, guidance_dim: in
                          f'{guidance.shape[0]}')
 
 
+def empty_batch(source: torch.Tensor, guidance: torch.Tensor) -> torch.Tensor:
+    """The (0, C, H, W) result of an empty batch, from the source (so that gradients flow),
+    without running the method on it: several of its steps (grouped convolutions over the
+    samples, the pixel shuffle's backward) do not take an empty batch."""
+    return source[:, :, :1, :1].expand(-1, -1, *guidance.shape[-2:])
+
+
 def check_scaled_size(owner: str, source: torch.Tensor, guidance: torch.Tensor,
                       scale: int) -> Tuple[int, int]:
     """(s*h, s*w), the exact s x size, after checking the size contract of this module."""

@@ -4,7 +4,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..argument_checks import check_int, check_number
-from .common import HALF_TYPES, check_inputs, check_scaled_size, crop
+from .common import HALF_TYPES, check_inputs, check_scaled_size, crop, empty_batch
 
 
 class DySample(nn.Module):
@@ -79,6 +79,8 @@ class DySample(nn.Module):
         owner = type(self).__name__
         check_inputs(owner, source, guidance, self.source_dim, self.guidance_dim)
         check_scaled_size(owner, source, guidance, self.scale_factor)
+        if not len(source):
+            return empty_batch(source, guidance)
         batch, channels, height, width = source.shape
         grouped = source.to(_sampling_dtype(source)).reshape(
             batch * self.groups, channels // self.groups, height, width)

@@ -4,8 +4,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..argument_checks import check_int
-from .common import (check_inputs, check_odd, check_scaled_size, crop, pad_bottom_right,
-                     reassemble, softmax_taps)
+from .common import (check_inputs, check_odd, check_scaled_size, crop, empty_batch,
+                     pad_bottom_right, reassemble, softmax_taps)
 
 
 class FADE(nn.Module):
@@ -91,6 +91,8 @@ class FADE(nn.Module):
         check_inputs(owner, source, guidance, self.source_dim, self.guidance_dim)
         exact_height, exact_width = check_scaled_size(owner, source, guidance,
                                                       self.scale_factor)
+        if not len(source):
+            return empty_batch(source, guidance)
         height, width = guidance.shape[-2:]
         kernel = pad_bottom_right(self.kernel(source, guidance), exact_height, exact_width)
         reassembled = crop(reassemble(source, kernel, self.scale_factor), height, width)

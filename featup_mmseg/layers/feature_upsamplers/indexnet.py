@@ -4,7 +4,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..argument_checks import check_choice, check_int
-from .common import check_inputs, check_scaled_size, crop, pad_bottom_right
+from .common import check_inputs, check_scaled_size, crop, empty_batch, pad_bottom_right
 
 INDEX_BLOCKS = ('holistic', 'm2o', 'o2o')
 SCALE = 2  # the index blocks are stride-2 convolutions: IndexNet is defined for x2 only
@@ -101,6 +101,8 @@ class IndexNet(nn.Module):
         owner = type(self).__name__
         check_inputs(owner, source, guidance, self.source_dim, self.guidance_dim)
         height, width = check_scaled_size(owner, source, guidance, SCALE)
+        if not len(source):
+            return empty_batch(source, guidance)
         index = self.index_map(pad_bottom_right(guidance, height, width))
         upsampled = F.interpolate(source, scale_factor=SCALE, mode='nearest')
         return crop(index.to(upsampled.dtype) * upsampled, *guidance.shape[-2:])

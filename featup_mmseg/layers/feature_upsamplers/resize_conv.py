@@ -4,7 +4,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..argument_checks import check_int
-from .common import check_inputs, check_odd
+from .common import check_inputs, check_odd, empty_batch
 
 
 class ResizeConv(nn.Module):
@@ -40,6 +40,8 @@ class ResizeConv(nn.Module):
 
     def forward(self, source: torch.Tensor, guidance: torch.Tensor) -> torch.Tensor:
         check_inputs(type(self).__name__, source, guidance, self.source_dim, self.guidance_dim)
+        if not len(source):
+            return empty_batch(source, guidance)
         resized = F.interpolate(source, size=guidance.shape[-2:], mode='bilinear',
                                 align_corners=False)
         return self.conv(resized)

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from ...ops import window_cross_correlation
 from ..argument_checks import check_int
 from ..channel_norm import ChannelNorm
-from .common import (HALF_TYPES, check_inputs, check_odd, check_scaled_size, crop,
+from .common import (HALF_TYPES, check_inputs, check_odd, check_scaled_size, crop, empty_batch,
                      pad_bottom_right, reassemble, softmax_taps)
 
 
@@ -90,5 +90,7 @@ class SAPA(nn.Module):
         owner = type(self).__name__
         check_inputs(owner, source, guidance, self.source_dim, self.guidance_dim)
         height, width = check_scaled_size(owner, source, guidance, self.scale_factor)
+        if not len(source):
+            return empty_batch(source, guidance)
         kernel = self.kernel(source, pad_bottom_right(guidance, height, width))
         return crop(reassemble(source, kernel, self.scale_factor), *guidance.shape[-2:])

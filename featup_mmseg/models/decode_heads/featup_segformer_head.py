@@ -7,7 +7,7 @@ from mmseg.registry import MODELS
 
 from ...layers.argument_checks import check_choice
 from ..upsamplers import INTERPOLATION_TYPES, build_level_stages, climb_levels
-from .guided_decode_head import GuidedDecodeHeadMixin, level_guides, size_of
+from .guided_decode_head import GuidedDecodeHeadMixin, check_levels, level_guides, size_of
 
 BILINEAR = 'bilinear'
 
@@ -39,12 +39,7 @@ class FeatUpSegformerHead(GuidedDecodeHeadMixin, BaseDecodeHead):
     """
 
     def __init__(self, interpolate_mode='bilinear', upsampler=None, **kwargs):
-        in_channels, in_index = kwargs.get('in_channels'), kwargs.get('in_index')
-        if not isinstance(in_channels, (list, tuple)) or not isinstance(in_index, (list, tuple)) \
-                or len(in_channels) != len(in_index):
-            raise ValueError(
-                f'FeatUpSegformerHead: in_channels {in_channels} and in_index {in_index} must be '
-                'lists of equal length, one channel count per selected backbone level')
+        check_levels('FeatUpSegformerHead', kwargs.get('in_channels'), kwargs.get('in_index'))
         super().__init__(input_transform='multiple_select', **kwargs)
         self.set_upsampler(upsampler)
         self.interpolate_mode = check_choice('FeatUpSegformerHead', 'interpolate_mode',

@@ -5,7 +5,7 @@ from mmseg.models.decode_heads import UPerHead
 from mmseg.registry import MODELS
 
 from ..upsamplers import build_guided_upsampler, build_level_stages, climb_levels
-from .guided_decode_head import GuidedDecodeHeadMixin, level_guides, size_of
+from .guided_decode_head import GuidedDecodeHeadMixin, check_levels, level_guides, size_of
 
 
 @MODELS.register_module()
@@ -33,6 +33,7 @@ class FeatUpUPerHead(GuidedDecodeHeadMixin, UPerHead):
     """
 
     def __init__(self, pool_scales=(1, 2, 3, 6), upsampler=None, **kwargs):
+        check_levels(type(self).__name__, kwargs.get('in_channels'), kwargs.get('in_index', -1))
         super().__init__(pool_scales=pool_scales, **kwargs)
         self.set_upsampler(upsampler)
         owner, num_levels = type(self).__name__, len(self.in_channels)

@@ -15,6 +15,17 @@ def size_of(x) -> Tuple[int, int]:
     return tuple(int(n) for n in x.shape[-2:])
 
 
+def check_levels(owner: str, in_channels, in_index) -> None:
+    """Refuses ``in_channels`` and ``in_index`` that are not lists of one entry per
+    selected backbone level (mmseg's BaseDecodeHead asserts it without a message)."""
+    if not isinstance(in_channels, (list, tuple)) or not isinstance(in_index, (list, tuple)) \
+            or len(in_channels) != len(in_index):
+        raise ValueError(
+            f'{owner}: in_channels {in_channels!r} and in_index {in_index!r} must be lists of '
+            'equal length, one channel count per selected backbone level (e.g. '
+            'in_channels=[64, 128, 320, 512], in_index=[0, 1, 2, 3])')
+
+
 class GuidedDecodeHeadMixin:
     """Mixed into a ``BaseDecodeHead`` subclass (before it) whose upsampling steps are
     guided upsamplers built from ``upsampler``.

@@ -1,0 +1,66 @@
+"""The tools' input and output files: checked before the expensive part, outputs verified
+when written.
+
+A tool that fits, trains or exports for minutes or hours must neither find out at the end
+that an input is missing or its output cannot be written, nor report a file it did not
+write (``cv2.imwrite`` returns False instead of raising). Errors are ``OSError``s that name
+the option, the path and the reason.
+"""
+import errno
+import os
+import tempfile
+from pathlib import Path
+from typing import Union
+
+PathLike = Union[str, os.PathLike]
+
+
+def check_input_file(path: PathLike, option: str) -> Path:
+    """``path`` as an existing, readable file."""
+    path = Path(path)
+    if not path.is_file():
+        raise OSError(f'{option} {path}: ' + os.strerror(errno.EISDIR if path.is_dir() else
+                                                          errno.ENOENT))
+    if not os.access(path, os.R_OK):
+        raise OSError(f'{option} {path}: {os.strerror(errno.EACCES)}')
+    return path
+
+
+def check_output_dir(path: PathLike, option: str = '--out') -> Path:
+    """``path`` as a directory the tool can write into, created if missing."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise OSError(f'{option} {path} exists and is not a directory')
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        # a real write: permissions, read-only mounts and quotas all show here
+        with tempfile.NamedTemporaryFile(dir=path, prefix='.write-check-'):
+            pass
+    except OSError as err:
+        raise OSError(f'{option}: cannot write into {path}: {err.strerror or err}') from None
+    return path
+
+
+def check_output_file(path: PathLike, option: str = '--out', image: bool = False) -> Path:
+    """``path`` as a file the tool can write (its folder created if missing); with
+    ``image``, one whose extension OpenCV can encode."""
+    path = Path(path)
+    if path.is_dir():
+        raise OSError(f'{option} {path} is a directory; give a file name')
+    if image:
+        import cv2
+        if not path.suffix or not cv2.haveImageWriter(str(path)):
+            raise OSError(f'{option} {path}: OpenCV cannot write images of this extension; '
+                          'use .png or .jpg')
+    check_output_dir(path.parent, option)
+    if path.exists() and not os.access(path, os.W_OK):
+        raise OSError(f'{option}: cannot overwrite {path}: permission denied')
+    return path
+
+
+def write_image(path: PathLike, image) -> None:
+    """Writes a (H, W, 3) BGR uint8 image with OpenCV, or raises where it did not."""
+    import cv2
+    if not cv2.imwrite(str(path), image):
+        raise OSError(f'could not write the image {path} (cv2.imwrite failed: full device, '
+                      'no write permission, or an extension OpenCV cannot encode)')
