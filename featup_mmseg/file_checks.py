@@ -59,8 +59,17 @@ def check_output_file(path: PathLike, option: str = '--out', image: bool = False
 
 
 def write_image(path: PathLike, image) -> None:
-    """Writes a (H, W, 3) BGR uint8 image with OpenCV, or raises where it did not."""
+    """Writes a (H, W, 3) BGR uint8 image, encoded by OpenCV for the path's extension, or
+    raises: encoded in memory and written by Python, whose writes report a full device
+    (``cv2.imwrite`` returns True even then)."""
     import cv2
-    if not cv2.imwrite(str(path), image):
-        raise OSError(f'could not write the image {path} (cv2.imwrite failed: full device, '
-                      'no write permission, or an extension OpenCV cannot encode)')
+    path = Path(path)
+    encoded, data = cv2.imencode(path.suffix, image) if path.suffix else (False, None)
+    if not encoded:
+        raise OSError(f'could not encode the image for {path}: OpenCV cannot write images of '
+                      'this extension; use .png or .jpg')
+    try:
+        with open(path, 'wb') as f:
+            f.write(data.tobytes())
+    except OSError as err:
+        raise OSError(f'could not write the image {path}: {err.strerror or err}') from None

@@ -1,4 +1,5 @@
 """Loading FeatUp's published checkpoints, on a synthetic one with the official layout."""
+import os
 import pickle
 import subprocess
 import sys
@@ -193,7 +194,31 @@ def test_convert_tool_reports_errors_in_one_line(tmp_path):
     (tmp_path / 'garbage.ckpt').write_bytes(b'not a checkpoint')
     garbage = _convert_failing(tmp_path / 'garbage.ckpt', tmp_path / 'out.pth')
     assert 'garbage.ckpt is not a readable PyTorch checkpoint' in garbage
+    (tmp_path / 'empty.ckpt').write_bytes(b'')
+    empty = _convert_failing(tmp_path / 'empty.ckpt', tmp_path / 'out.pth')
+    assert empty.endswith('empty.ckpt is empty (0 bytes), not a PyTorch checkpoint')
     assert not (tmp_path / 'out.pth').exists()
+
+
+class _RunsACommand:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f'touch {self.marker}', )
+
+
+def test_convert_tool_refuses_a_pickle_that_runs_code_as_unsafe(tmp_path):
+    checkpoint = official_featup_checkpoint(dim=16)
+    marker = tmp_path / 'ran'
+    checkpoint['hyper_parameters'] = _RunsACommand(marker)
+    torch.save(checkpoint, tmp_path / 'evil.ckpt')
+    refused = _convert_failing(tmp_path / 'evil.ckpt', tmp_path / 'out.pth')
+    assert 'evil.ckpt was refused as unsafe: it pickles Python objects besides tensors ' \
+        '(posix.system), which loading with weights_only=True does not run' in refused
+    assert refused.endswith('If you trust its source, pass trust_checkpoint=True '
+                            '(--trust-checkpoint on the command line)')
+    assert not marker.exists() and not (tmp_path / 'out.pth').exists()
 
 
 def test_convert_tool_converts_no_norm_checkpoints(tmp_path):

@@ -106,18 +106,21 @@ def test_pretrain_tool_loads_load_from(data_root, tmp_path):
         torch.testing.assert_close(loaded[key], value, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize('make_file', [None, lambda path: path.write_bytes(b'garbage')],
-                         ids=['missing', 'not-a-checkpoint'])
-def test_pretrain_tool_refuses_a_load_from_it_cannot_load(tmp_path, make_file):
+@pytest.mark.parametrize('content, reason', [
+    (None, 'weights.pth can not be found'), (b'garbage', 'is not a readable PyTorch checkpoint'),
+    (b'', 'is empty (0 bytes), not a PyTorch checkpoint')],
+    ids=['missing', 'not-a-checkpoint', 'empty'])
+def test_pretrain_tool_refuses_a_load_from_it_cannot_load(tmp_path, content, reason):
     path = tmp_path / 'weights.pth'
-    if make_file is not None:
-        make_file(path)
+    if content is not None:
+        path.write_bytes(content)
     result = subprocess.run([
         sys.executable, str(ROOT / 'tools' / 'pretrain_upsampler.py'), str(PRETRAIN_DEMO),
         '--work-dir', str(tmp_path / 'run'), '--cfg-options', f'load_from={path}'
     ], capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert result.returncode != 0
-    assert f"pretrain_upsampler.py: error: cannot load load_from='{path}'" in result.stderr
+    assert f"pretrain_upsampler.py: error: cannot load load_from='{path}': " in result.stderr
+    assert reason in result.stderr
     assert 'Traceback' not in result.stderr
     assert not (tmp_path / 'run' / 'featup_pretrained_upsampler.pth').exists()
 

@@ -179,6 +179,119 @@ def test_presets():
     assert fast.steps == 7 and fast.num_jitters < paper.num_jitters
 
 
+def test_float16_image_is_fitted_in_float32(scene):
+    """float16 cannot hold NAdam's state (its eps of 1e-8 rounds to 0): the fit turned NaN
+    from its second step. The backbone still gets the float16 image."""
+    _, image, backbone = scene
+    seen = []
+
+    def half_backbone(images):  # a float16 backbone, as on a GPU (CPU convs in float32)
+        seen.append(images.dtype)
+        return backbone(images.float()).half()
+
+    torch.manual_seed(0)
+    config = ImplicitFitConfig(**dict(TEST_FIT, steps=10, num_views=16))
+    fitted = fit_implicit_features(image.half(), half_backbone, config,
+                                   generator=torch.Generator().manual_seed(0))
+    assert set(seen) == {torch.float16}
+    assert all(np.isfinite(fitted.losses)) and fitted.losses[-1] < fitted.losses[0]
+    features = fitted.query(image=image.half())
+    assert features.dtype == torch.float32 and torch.isfinite(features).all()
+
+
+def test_a_loss_that_is_no_longer_finite_stops_the_fit(scene):
+    _, image, backbone = scene
+    config = ImplicitFitConfig(**dict(TEST_FIT, steps=50, num_views=8, lr=1e30))
+    with pytest.raises(FloatingPointError, match=r'fit_implicit_features: the loss became '
+                       r'(nan|inf) at step \d+ of 50 \(torch.float32 image, fitted in '
+                       r'torch.float32\)'):
+        fit_implicit_features(image, backbone, config)
+
+
+def test_non_finite_images_and_features_are_refused_clearly(scene, fitted):
+    _, image, backbone = scene
+    config = ImplicitFitConfig(**dict(TEST_FIT, steps=1, num_views=2))
+    bad = image.clone()
+    bad[0, 1, 3, 4] = float('nan')
+    with pytest.raises(ValueError, match=r'fit_implicit_features: image \(1, 3, 64, 64\) has 1 '
+                       'NaN or infinite values'):
+        fit_implicit_features(bad, backbone, config)
+    with pytest.raises(ValueError, match=r'ImplicitFeatures.query: image \(1, 3, 64, 64\) has '
+                       '1 NaN or infinite values'):
+        fitted.query(image=bad)
+
+    def overflowing(images):
+        features = backbone(images)
+        features[:, :, 0, 0] = float('inf')
+        return features
+
+    with pytest.raises(ValueError, match="fit_implicit_features: the backbone's features "
+                       r'\(1, 24, 8, 8\) has 24 NaN or infinite values'):
+        fit_implicit_features(image, overflowing, config)
+
+
+def test_query_decodes_in_chunks_of_any_size(fitted):
+    whole = fitted.query((40, 24), chunk_size=40 * 24)
+    torch.testing.assert_close(fitted.query((40, 24), chunk_size=7), whole)
+    with pytest.raises(ValueError, match='ImplicitFeatures.query: chunk_size must be an integer '
+                       '>= 1, got -5'):
+        fitted.query(chunk_size=-5)
+
+
+QUERY_MEMORY = r'''
+import torch
+from featup_mmseg.layers import ImplicitFitConfig, fit_implicit_features
+
+def resident_kib(field):
+    with open('/proc/self/status') as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field))
+
+torch.manual_seed(0)
+backbone = torch.nn.Conv2d(3, 64, 8, stride=8)
+config = ImplicitFitConfig(steps=1, num_jitters=1, num_views=2, pca_dim=8, max_pad=2,
+                           kernel_size=5, hidden_dim=8)
+fitted = fit_implicit_features(torch.randn(1, 3, 32, 32), backbone, config)
+with open('/proc/self/clear_refs', 'w') as f:
+    f.write('5')  # the peak resident set from here on
+before = resident_kib('VmRSS:')
+features = fitted.query(1024, chunk_size=4096)
+print((resident_kib('VmHWM:') - before) * 1024 / (features.numel() * features.element_size()))
+'''
+
+
+def test_query_memory_is_the_output_and_one_chunk():
+    """Decoded chunk by chunk into the output: the coefficients, the decoded features and
+    their mean-shifted copy were each held whole before (2.5x the output here)."""
+    result = subprocess.run([sys.executable, '-c', QUERY_MEMORY], capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert float(result.stdout) < 1.5, result.stdout
+
+
+def test_a_channel_of_constant_colour_is_not_magnified(scene):
+    """Its own range (0) made noise in it a large input to the colour frequencies (a 1e-3
+    perturbation moved the features by 24 % of their variation, against 0.2 % in another
+    channel); the image's range scales every channel now."""
+    _, image, backbone = scene
+    flat = image.clone()
+    flat[:, 2] = 0.3
+    torch.manual_seed(0)
+    fitted = fit_implicit_features(flat, backbone, ImplicitFitConfig(**TEST_FIT),
+                                   generator=torch.Generator().manual_seed(0))
+    features = fitted.query()
+    spread = (features - features.mean((2, 3), keepdim=True)).norm()
+    changes = []
+    for channel in (0, 2):
+        noisy = flat.clone()
+        noisy[:, channel] += 1e-3 * torch.randn(noisy[:, channel].shape,
+                                                generator=torch.Generator().manual_seed(5))
+        changes.append(((fitted.query(image=noisy) - features).norm() / spread).item())
+    assert changes[1] < 3 * changes[0], changes
+    one_colour = fit_implicit_features(torch.zeros_like(image), backbone,
+                                       ImplicitFitConfig(**dict(TEST_FIT, steps=2)))
+    assert torch.isfinite(one_colour.query(image=torch.rand_like(image))).all()
+
+
 # ----------------------------------------------------------------------------------------
 # bad arguments
 

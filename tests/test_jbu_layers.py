@@ -688,6 +688,25 @@ def test_stage_compiles_with_gradients():
         torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize('frozen', [False, True], ids=['trained', 'frozen'])
+def test_stage_and_stack_trace_with_gradients_enabled(frozen):
+    """torch.jit.trace (FLOP counters, the TorchScript ONNX exporter) with gradients on:
+    the sizes reached the compiled resize as 0-d tensors, and the custom autograd
+    Functions would be opaque calls. Traced, the stage records its ops themselves."""
+    stage = _randomise(JBUStage(guidance_dim=16)).eval()
+    stack = _randomise(JBUStack(8, num_stages=2, key_dim=4)).eval()
+    cases = [(stage, (torch.randn(1, 16, 8, 8), torch.randn(1, 16, 16, 16))),
+             (stack, (torch.randn(1, 8, 4, 4), torch.randn(1, 3, 16, 16)))]
+    for module, inputs in cases:
+        module.requires_grad_(not frozen)
+        traced = torch.jit.trace(module, inputs)
+        kinds = {node.kind() for node in traced.inlined_graph.nodes()}
+        assert {'featup_mmseg::adaptive_conv', 'aten::upsample_bicubic2d'} <= kinds
+        assert 'prim::PythonOp' not in kinds
+        with torch.no_grad():
+            torch.testing.assert_close(traced(*inputs), module(*inputs))
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='no CUDA device')
 @pytest.mark.parametrize('reference', [False, True], ids=['compiled', 'reference'])
 def test_training_stage_on_cuda_matches_cpu(reference):

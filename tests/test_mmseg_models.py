@@ -110,12 +110,36 @@ def _segmentor(segmentor='GuidedEncoderDecoder', neck=None, backbone=None, head=
         test_cfg=test_cfg or dict(mode='whole'))
 
 
+def test_mmengine_flop_counter_traces_jbu_models():
+    """get_model_complexity_info traces with gradients on (the compiled resize got 0-d
+    tensor sizes there); the JBU stages' operators are traced and counted."""
+    from mmengine.analysis import get_model_complexity_info
+    model = MODELS.build(_segmentor(neck=dict(type='JBUNeck', in_channels=32, num_stages=2)))
+    info = get_model_complexity_info(model.eval(), input_shape=(3, 64, 64), show_table=False,
+                                     show_arch=False)
+    assert info['flops'] > 0 and info['params'] == sum(p.numel() for p in model.parameters())
+
+
 @pytest.mark.parametrize('build, message', [
     (lambda: MODELS.build(dict(type='FeatUpSegformerHead', upsampler=dict(type='CARAFEX'),
                                **HEAD_CFG)),
      r"unknown upsampler type 'CARAFEX'; use dict\(type='JBUStage'"),
     (lambda: MODELS.build(dict(type='FeatUpSegformerHead', **{**HEAD_CFG, 'in_index': [0, 1]})),
      r'in_channels \[8, 16, 24, 32\] and in_index \[0, 1\] must be lists of equal length'),
+    (lambda: MODELS.build(dict(type='FeatUpUPerHead', **{**HEAD_CFG, 'in_index': [0, 1, 2]})),
+     r'FeatUpUPerHead: in_channels \[8, 16, 24, 32\] and in_index \[0, 1, 2\] must be lists '
+     r'of equal length, one channel count per selected backbone level'),
+    # mmcv registers these in the same registry: single-input layers, not guided upsamplers
+    (lambda: MODELS.build(dict(type='FeatUpSegformerHead', upsampler=dict(type='carafe'),
+                               **HEAD_CFG)),
+     r"upsampler type 'carafe' is mmcv.ops.carafe.CARAFEPack, which is not a guided "
+     r"upsampler .* \(did you mean 'CARAFE'\?\)"),
+    (lambda: MODELS.build(dict(type='FeatUpUPerHead', upsampler=dict(type='deconv'),
+                               **HEAD_CFG)),
+     r"upsampler type 'deconv' is .*, which is not a guided upsampler"),
+    (lambda: MODELS.build(dict(type='FeatUpSegformerHead', upsampler=dict(type='pixel_shuffle'),
+                               **HEAD_CFG)),
+     r"upsampler type 'pixel_shuffle' is .*PixelShufflePack, which is not a guided upsampler"),
     (lambda: MODELS.build(_segmentor(segmentor='EncoderDecoder')),
      r"only GuidedEncoderDecoder passes to necks: set model.type='GuidedEncoderDecoder'"),
     (lambda: MODELS.build(_segmentor(neck=dict(type='JBUNeck', in_channels=32, out_stride=4,

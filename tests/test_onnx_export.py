@@ -324,6 +324,72 @@ def test_baseline_upsamplers(tmp_path):
     assert _largest_difference(model, example, [example], True, tmp_path) <= LAYER_TOLERANCE
 
 
+@pytest.mark.parametrize('dynamo', EXPORTERS)
+def test_a2u_refuses_a_dynamic_batch_before_tracing(dynamo, tmp_path):
+    """Its per-sample kernels are one convolution grouped by the batch, which an export
+    fixes: ONNX Runtime failed at any other batch size."""
+    from featup_mmseg.layers.feature_upsamplers import A2U
+    example = (torch.randn(2, 32, 6, 7), torch.randn(2, 32, 12, 14))
+    with pytest.raises(ValueError, match=r'export_onnx: A2U cannot be exported with a dynamic '
+                       r'batch \(it convolves each sample .*\); dynamic axes it supports: '
+                       r'height, width'):
+        export_onnx(A2U(32, 32), example, str(tmp_path / 'a2u.onnx'), dynamo=dynamo,
+                    input_names=['source', 'guidance'], output_names=['output'],
+                    **_dynamic_args(2, (0, ), dynamo))
+    assert not (tmp_path / 'a2u.onnx').exists()
+
+
+STAGE_EXPORT = r'''
+import io
+import sys
+import torch
+{imports}
+from featup_mmseg.layers import JBUStage
+stage = JBUStage(guidance_dim=8, key_dim=4, radius=1).eval()
+inputs = (torch.randn(1, 8, 6, 6), torch.randn(1, 8, 12, 10))
+exported = io.BytesIO()
+try:
+    torch.onnx.export(stage, inputs, exported, **{kwargs})  # outside torch.no_grad()
+except RuntimeError as err:
+    sys.exit(str(err))
+import numpy as np
+import onnxruntime
+session = onnxruntime.InferenceSession(exported.getvalue(),
+                                       providers=['CPUExecutionProvider'])
+names = [i.name for i in session.get_inputs()]
+actual = session.run(None, dict(zip(names, (t.numpy() for t in inputs))))[0]
+with torch.no_grad():
+    print(float(np.abs(actual - stage(*inputs).numpy()).max()))
+'''
+
+
+def _export_stage(imports):
+    kwargs = "dict(dynamo=False)" if dynamo_export_available() else '{}'
+    return subprocess.run([sys.executable, '-c', STAGE_EXPORT.format(imports=imports,
+                                                                      kwargs=kwargs)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=600)
+
+
+def test_torch_onnx_export_after_importing_the_plugin():
+    """The plugin registers the TorchScript symbolics of the featup_mmseg ops; traced with
+    gradients on, the stage records its plain ops (the compiled resize got 0-d tensor
+    sizes there)."""
+    result = _export_stage('import featup_mmseg.plugin')
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert float(result.stdout) <= LAYER_TOLERANCE
+
+
+def test_an_exporter_without_the_translations_is_told_which_call_is_missing():
+    result = _export_stage('')
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines()[-1] == (
+        'torch.onnx.export (TorchScript exporter) met featup_mmseg.ops.window_correlation, '
+        'whose ONNX translation is not registered: call featup_mmseg.ops.onnx_export.'
+        'register_onnx_translations() before exporting (importing featup_mmseg.plugin does '
+        'it), or export with featup_mmseg.ops.onnx_export.export_onnx')
+    assert 'graph(' not in result.stderr  # no dump of the traced graph
+
+
 def test_export_leaves_every_module_mode_as_it_was(tmp_path):
     """The TorchScript exporter would leave the eval submodules of a train-mode wrapper in
     training mode (its model.train(mode) on exit): a later export would then be a
@@ -365,6 +431,21 @@ def test_export_tool_torchscript_check_and_its_failure(tmp_path):
     # the export's shape and a second batch size (--dynamic batch, the default)
     differences = _checked_differences(result.stdout)
     assert len(differences) == 2 and 0 < max(differences) <= MODEL_TOLERANCE, result.stdout
+
+
+def test_export_tool_refuses_a_dynamic_size_for_the_jbu_neck_up_front(tmp_path):
+    config = ROOT / 'configs/demo/vit-tiny_jbu-neck_featup-pretrain_synthetic-128x128.py'
+    result = subprocess.run(
+        [sys.executable, str(ROOT / 'tools/export_onnx.py'), str(config), '--shape', '64',
+         '64', '--out', str(tmp_path / 'model.onnx'), '--dynamic', 'all'],
+        capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert result.returncode != 0 and 'Traceback' not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        'export_onnx.py: error: export_onnx: JBUNeck cannot be exported with a dynamic height '
+        "and width (its stages' sizes are computed from the image size in Python, so an "
+        'export fixes them); dynamic axes it supports: batch')
+    assert len(result.stderr) < 3000  # no traced graph
+    assert not (tmp_path / 'model.onnx').exists()
 
 
 @pytest.mark.skipif(not dynamo_export_available(),

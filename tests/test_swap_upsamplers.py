@@ -407,12 +407,14 @@ def test_family_configs_build_with_their_baseline_twins(pattern):
 
 
 @pytest.mark.parametrize('variant, exact', [('nearest', True), ('bilinear', False)])
-def test_semantic_fpn_baseline_config_is_mmsegs_semantic_fpn(variant, exact):
+def test_semantic_fpn_baseline_config_is_mmsegs_semantic_fpn(variant, exact, tmp_path):
     """The nearest twin computes mmseg's own semantic FPN config bit for bit, with the same
     state_dict; the bilinear variant does not (it is labelled as a variant)."""
+    mmseg_config = tmp_path / 'mmseg_fpn.py'
+    mmseg_config.write_text("_base_ = ['mmseg::sem_fpn/fpn_r50_4xb4-160k_ade20k-512x512.py']")
     models = []
-    for path in ('mmseg::sem_fpn/fpn_r50_4xb4-160k_ade20k-512x512.py',
-                 str(ROOT / f'configs/featup_sem_fpn/fpn_r50_{variant}_4xb4-160k_ade20k-512x512.py')):
+    for path in (mmseg_config,
+                 ROOT / f'configs/featup_sem_fpn/fpn_r50_{variant}_4xb4-160k_ade20k-512x512.py'):
         cfg = Config.fromfile(path)
         cfg.model.backbone.update(init_cfg=None, depth=18, in_channels=3)
         cfg.model.neck.in_channels = [64, 128, 256, 512]

@@ -109,7 +109,8 @@ def describe_load_error(path, err: BaseException, how_to_trust: str) -> str:
         return (f'{path} is empty (0 bytes), not a PyTorch checkpoint' if size == 0 else
                 f'{path} ends too early ({size} bytes): a truncated or incomplete file')
     if not isinstance(err, pickle.UnpicklingError):
-        return f'cannot read {path}: {message or type(err).__name__}'
+        message = message or type(err).__name__
+        return message if str(path) in message else f'{path}: {message}'
     # torch names a refused object as 'GLOBAL module.name' ('Unsupported global: GLOBAL
     # x.Y was not an allowed global', 'unsupported GLOBAL posix.system whose module posix
     # is blocked'); before torch 2.4 as 'Unsupported class x.Y'.

@@ -228,12 +228,10 @@ ONNX_AXIS_NAMES = {0: 'batch', 2: 'height', 3: 'width'}
 
 def _dynamic_axis_names(kwargs) -> set:
     """The axis names (ONNX_AXIS_NAMES) that torch.onnx.export's ``dynamic_axes`` or
-    ``dynamic_shapes`` mark dynamic in any input."""
+    ``dynamic_shapes`` mark dynamic anywhere."""
     axes = set()
-    input_names = kwargs.get('input_names')
-    for name, spec in (kwargs.get('dynamic_axes') or {}).items():
-        if input_names is None or name in input_names:
-            axes.update(spec)  # a dict {axis: name} or a list of axes
+    for spec in (kwargs.get('dynamic_axes') or {}).values():
+        axes.update(spec)  # a dict {axis: name} or a list of axes
     shapes = kwargs.get('dynamic_shapes') or ()
     for spec in (shapes.values() if isinstance(shapes, dict) else shapes):
         axes.update(spec or ())

@@ -161,11 +161,13 @@ def _check_out(op: str, out, shape, like: torch.Tensor, inputs) -> None:
                          'torch.no_grad() or leave out out')
 
 
-def _check_onnx_export(op: str) -> None:
-    """Under torch.onnx's TorchScript exporter, refuses an op it cannot translate, before
-    tracing goes on (torch would fail at the end, printing the whole traced graph, with
-    "unrecognized namespace featup_mmseg")."""
-    if not (torch.jit.is_tracing() and torch.onnx.is_in_onnx_export()):
+def _check_onnx_export(op: str, t: torch.Tensor) -> None:
+    """Under torch.onnx's TorchScript exporter, refuses a compiled op (for tensors like
+    ``t``) it cannot translate, before tracing goes on (torch would fail at the end,
+    printing the whole traced graph, with "unrecognized namespace featup_mmseg"). The
+    reference ops are plain PyTorch: they export as they are."""
+    if not (torch.jit.is_tracing() and torch.onnx.is_in_onnx_export()) or \
+            _forced_reference_depth or not ext_available(t.device):
         return
     from .onnx_export import TRANSLATED_OPS, translations_registered
     if op not in TRANSLATED_OPS:
@@ -223,8 +225,8 @@ def window_correlation(q: torch.Tensor, kernel_size: int = 7,
         (B, k*k, H, W) tensor of q's dtype.
     """
     op = 'window_correlation'
-    _check_onnx_export(op)
     _check_map(op, 'q', q)
+    _check_onnx_export(op, q)
     _check_window(op, kernel_size, padding_mode, q.shape[2], q.shape[3])
     if _use_ext(q.device):
         return _compiled_ops.window_correlation(q, kernel_size, padding_mode)
@@ -255,8 +257,8 @@ def window_cross_correlation(queries: torch.Tensor, keys: torch.Tensor, kernel_s
         (B, k*k, H, W) tensor of the inputs' dtype.
     """
     op = 'window_cross_correlation'
-    _check_onnx_export(op)
     _check_map(op, 'queries', queries)
+    _check_onnx_export(op, queries)
     _check_map(op, 'keys', keys)
     _check_same_place(op, 'keys', keys, 'queries', queries)
     if keys.shape != queries.shape:
@@ -306,7 +308,6 @@ def adaptive_conv(x: torch.Tensor, kernel: torch.Tensor, padding_mode: Optional[
         (B, C, H, W) tensor of x's dtype.
     """
     op = 'adaptive_conv'
-    _check_onnx_export(op)
     if isinstance(kernel, torch.Tensor) and kernel.dim() == 5:
         if out is not None:
             raise ValueError(f"{op}: out is not supported with FeatUp's 5-D kernel layout")
@@ -319,6 +320,7 @@ def adaptive_conv(x: torch.Tensor, kernel: torch.Tensor, padding_mode: Optional[
         padding_mode = 'reflect'
     _check_features_and_kernel(op, 'x', x, kernel, padding_mode,
                                "4-D (B, k*k, H, W) (or FeatUp's 5-D (B, H, W, k, k))")
+    _check_onnx_export(op, x)
     if out is not None:
         _check_out(op, out, x.shape, x, (x, kernel))
         if _use_ext(x.device):
@@ -348,9 +350,9 @@ def adaptive_conv_transpose(y: torch.Tensor, kernel: torch.Tensor,
     Returns:
         (B, C, H, W) tensor of y's dtype.
     """
-    _check_onnx_export('adaptive_conv_transpose')
     _check_features_and_kernel('adaptive_conv_transpose', 'y', y, kernel, padding_mode,
                                '4-D (B, k*k, H, W)')
+    _check_onnx_export('adaptive_conv_transpose', y)
     if _use_ext(y.device):
         return _compiled_ops.adaptive_conv_backward_features(y, kernel, padding_mode)
     return adaptive_conv_transpose_reference(y, kernel, padding_mode)
@@ -395,8 +397,8 @@ def bicubic_resize_transpose(y: torch.Tensor, input_size) -> torch.Tensor:
         (B, C, h, w) tensor of y's dtype.
     """
     op = 'bicubic_resize_transpose'
-    _check_onnx_export(op)
     _check_map(op, 'y', y)
+    _check_onnx_export(op, y)
     input_size = _check_resize(op, 'y', y, 'input_size', input_size)
     if _use_ext(y.device):
         return _compiled_ops.bicubic_resize_backward(y, input_size)
