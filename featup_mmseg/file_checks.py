@@ -15,8 +15,10 @@ from typing import Union
 PathLike = Union[str, os.PathLike]
 
 
-def check_input_file(path: PathLike, option: str) -> Path:
-    """``path`` as an existing, readable file."""
+def check_input_file(path: PathLike, option: str) -> PathLike:
+    """``path``, if it is an existing, readable file or a URL (left to its loader)."""
+    if '://' in str(path):
+        return path
     path = Path(path)
     if not path.is_file():
         raise OSError(f'{option} {path}: ' + os.strerror(errno.EISDIR if path.is_dir() else

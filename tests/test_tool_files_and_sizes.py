@@ -75,6 +75,7 @@ def test_file_checks(tmp_path):
     with pytest.raises(OSError, match='--in .*missing.pth: No such file or directory'):
         check_input_file(tmp_path / 'missing.pth', '--in')
     assert check_input_file(tmp_path / 'file', '--in') == tmp_path / 'file'
+    assert check_input_file('https://host/weights.pth', '--in') == 'https://host/weights.pth'
 
 
 def test_an_image_the_device_cannot_take_is_an_error(tmp_path):
@@ -130,6 +131,7 @@ def test_export_convert_pretrain_and_demo_check_their_outputs_first(tmp_path):
     assert 'featup_demo.png is a directory' in _failing_tool(
         'demo.py', '--work-dir', tmp_path / 'demo', '--data-root', tmp_path / 'data')
     assert not (tmp_path / 'data').exists()  # nothing was generated
+    assert 'checkpoint' in _failing_tool('test.py', SEGFORMER_DEMO, tmp_path / 'none.pth')
 
 
 def test_pretrain_hook_checks_where_it_saves_before_its_first_step(tmp_path):

@@ -10,6 +10,7 @@ from mmengine.runner import Runner
 
 import featup_mmseg.plugin  # noqa: F401  (registrations, safe checkpoint loading)
 from featup_mmseg.engine import add_run_arguments, load_run_config
+from featup_mmseg.file_checks import check_input_file, check_output_dir
 
 
 def parse_args():
@@ -27,6 +28,13 @@ def parse_args():
 
 def main():
     args = parse_args()
+    try:  # before the model is built and the data read
+        check_input_file(args.checkpoint, 'checkpoint')
+        for option in ('out', 'show_dir'):
+            if getattr(args, option):
+                check_output_dir(getattr(args, option), '--' + option.replace('_', '-'))
+    except OSError as err:
+        raise SystemExit(f'test.py: error: {err}') from None
     cfg = load_run_config(args)
     cfg.load_from = args.checkpoint
     if args.show or args.show_dir:

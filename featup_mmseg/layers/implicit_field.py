@@ -433,16 +433,19 @@ def _view_coefficients(image: torch.Tensor, backbone: Backbone, jitters: Sequenc
                        progress: Optional[ProgressFn]):
     """(targets (N, k, h, w), pca): the views' backbone features, computed in batches, as
     coefficients of a :class:`FeaturePCA` fitted on the first ``PCA_FIT_VIEWS`` or more, in
-    the dtype of the image's ``low_res`` features."""
+    the dtype of the image's ``low_res`` features. The views are made in that dtype too
+    (torch < 2.4 has no CPU reflection padding for float16) and given to the backbone in
+    the image's."""
     feature_shape = low_res.shape
+    source = image.to(low_res.dtype)
     clock = _Clock('views', len(jitters), progress)
     pending: List[torch.Tensor] = []
     targets: List[torch.Tensor] = []
     pca = None
     for start in range(0, len(jitters), config.view_batch_size):
         batch = jitters[start:start + config.view_batch_size]
-        features = _backbone_features(backbone, torch.cat([jitter(image) for jitter in batch]))
-        features = features.to(low_res.dtype)
+        views = torch.cat([jitter(source) for jitter in batch]).to(image.dtype)
+        features = _backbone_features(backbone, views).to(low_res.dtype)
         if features.shape[1:] != feature_shape[1:]:
             raise ValueError(f'fit_implicit_features: the backbone gave {tuple(features.shape)} '
                              f'features for views of the image, but {tuple(feature_shape)} '
