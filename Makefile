@@ -1,7 +1,9 @@
 # `make demo` and `make test` set everything up on a fresh machine: a virtual environment
 # in .venv, the pinned stack (requirements/), and the compiled ops featup_mmseg._ext (CPU
 # kernels always; CUDA kernels too wherever nvcc is found, even without a GPU).
-# `make test` also tests the oldest supported stack (torch 2.1.2 + mmcv 2.1.0,
+# `make test` builds the docs (warnings are errors) and the sdist and wheel (dist/; the
+# suite installs the sdist into a scratch venv and trains through mim), runs the suite, and
+# also tests the oldest supported stack (torch 2.1.2 + mmcv 2.1.0,
 # requirements/torch21.txt) in .venv-torch21, on a copy of the sources in build/torch21 (the
 # two stacks' extensions would overwrite each other in place). `make test-default` tests the
 # default stack only.
@@ -32,7 +34,7 @@ OLDEST_EXT_STAMP := $(OLDEST_VENV)/.featup-ext
 # the test files that run again with the ops behind torch.autograd.Function
 LEGACY_OPS_TESTS := tests/test_ops.py tests/test_jbu_layers.py tests/test_feature_upsamplers.py
 
-.PHONY: install demo test test-default test-oldest oldest-sources bench clean
+.PHONY: install demo docs package test test-default test-oldest oldest-sources bench clean
 
 install: $(EXT_STAMP)
 
@@ -63,7 +65,9 @@ $(DEPS_STAMP): $(wildcard requirements/*.txt) | $(PY)
 	$(PIP) install -r requirements/build.txt
 	$(PIP) install -c requirements/build.txt -r requirements/torch.txt
 	$(call install_mmcv,$(PY),)
-	$(PIP) install -c requirements/build.txt -r requirements/runtime.txt -r requirements/tests.txt
+	$(PIP) install -c requirements/build.txt -r requirements/runtime.txt -r requirements/tests.txt \
+		-r requirements/docs.txt -r requirements/mim-deps.txt
+	$(PIP) install -c requirements/build.txt --no-deps -r requirements/mim.txt
 	touch $@
 
 $(EXT_STAMP): $(DEPS_STAMP) $(EXT_SOURCES)
@@ -93,9 +97,20 @@ $(OLDEST_EXT_STAMP): $(OLDEST_DEPS_STAMP) $(EXT_SOURCES) | oldest-sources
 demo: install
 	$(PY) tools/demo.py
 
+# -E: every page read again (docstrings included), so every warning shows each time
+docs: install
+	$(PY) -m sphinx -E -W --keep-going -q -b html docs docs/_build/html
+
+# The sdist, and a wheel built from it (in a scratch folder, not in build/) against the
+# installed torch; CPU kernels by default (the wheel is for the packaging test), FORCE_CUDA=1
+# for CUDA kernels too.
+package: install
+	rm -rf dist
+	FORCE_CUDA=$${FORCE_CUDA:-0} $(PY) -m build --no-isolation --outdir dist .
+
 test: test-default test-oldest
 
-test-default: install
+test-default: docs package
 	$(PY) -m pytest tests
 	$(LEGACY_OPS_ENV)=1 $(PY) -m pytest $(LEGACY_OPS_TESTS)
 
@@ -106,4 +121,5 @@ bench: install
 	$(PY) tools/benchmark_ops.py
 
 clean:
-	rm -rf build featup_mmseg/_ext*.so *.egg-info $(EXT_STAMP) $(OLDEST_EXT_STAMP)
+	rm -rf build dist docs/_build featup_mmseg/.mim featup_mmseg/_ext*.so *.egg-info \
+		$(EXT_STAMP) $(OLDEST_EXT_STAMP)

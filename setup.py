@@ -1,8 +1,9 @@
 """Builds featup_mmseg and its compiled ops, featup_mmseg._ext.
 
 Builds against the torch that is installed and never installs or upgrades torch (torch
-2.1 and newer; see README). Install into an environment with torch:
-``pip install --no-build-isolation .`` (or ``-e .``).
+2.1 and newer; see the installation guide). Install into an environment with torch, mmcv
+and mmseg: ``pip install --no-build-isolation .`` (or ``-e .``). The configs, the tools
+and the model index ship inside the package (featup_mmseg/.mim), for mim.
 
 CPU kernels are always built. CUDA kernels are built when a CUDA toolkit and a CUDA-enabled
 torch of the same CUDA major version are present; FORCE_CUDA=1 insists on them (failing
@@ -12,7 +13,9 @@ TORCH_CUDA_ARCH_LIST defaults to Volta to Hopper plus PTX for newer GPUs: '7.0;7
 """
 import os
 import re
+import shutil
 import subprocess
+import sys
 
 from setuptools import find_packages, setup
 
@@ -47,6 +50,47 @@ def _with_cuda(torch, cuda_home) -> bool:
     return True
 
 
+# What mim (``mim train featup_mmseg CONFIG``) and mmengine's hub look for in
+# featup_mmseg/.mim: the configs, the tools and the model index.
+MIM_FILES = ('configs', 'tools', 'model-index.yml')
+RUNTIME_REQUIREMENTS = [
+    'torch>=2.1',  # never forces a torch upgrade under a compiled mmcv
+    'mmengine>=0.7.1,<1.0.0',
+    'mmsegmentation>=1.0.0,<2.0.0',
+    'ftfy',  # mmseg imports these at import time without declaring them
+    'regex',
+]
+
+
+def add_mim_extension():
+    """Puts MIM_FILES into featup_mmseg/.mim: symlinks for an editable install (edits show
+    at once), copies when a wheel or an sdist is built (they ship in the package)."""
+    if 'develop' in sys.argv or 'editable_wheel' in sys.argv:
+        mode = 'symlink'
+    elif {'sdist', 'bdist_wheel', 'build', 'build_py', 'install'} & set(sys.argv):
+        mode = 'copy'
+    else:
+        return
+    root = os.path.dirname(os.path.abspath(__file__))
+    mim_path = os.path.join(root, 'featup_mmseg', '.mim')
+    os.makedirs(mim_path, exist_ok=True)
+    for name in MIM_FILES:
+        source, target = os.path.join(root, name), os.path.join(mim_path, name)
+        if not os.path.exists(source):
+            continue
+        if os.path.islink(target) or os.path.isfile(target):
+            os.remove(target)
+        elif os.path.isdir(target):
+            shutil.rmtree(target)
+        if mode == 'symlink':
+            os.symlink(os.path.relpath(source, mim_path), target)
+        elif os.path.isdir(source):
+            shutil.copytree(source, target,
+                            ignore=shutil.ignore_patterns('__pycache__', '*.pyc'))
+        else:
+            shutil.copyfile(source, target)
+
+
 def make_extension():
     import torch
     from torch.utils.cpp_extension import CUDA_HOME, CppExtension, CUDAExtension
@@ -76,16 +120,20 @@ def main():
     version = {}
     with open(os.path.join('featup_mmseg', 'version.py')) as f:
         exec(f.read(), version)
+    add_mim_extension()
     setup(
         name='featup_mmseg',
         version=version['__version__'],
         description="FeatUp's joint bilateral upsampler for mmsegmentation 1.x",
         long_description=open('README.md').read() if os.path.exists('README.md') else '',
         long_description_content_type='text/markdown',
+        license='Apache License 2.0',
         packages=find_packages(include=['featup_mmseg', 'featup_mmseg.*']),
+        package_data={'featup_mmseg': ['.mim/model-index.yml', '.mim/configs/**/*',
+                                       '.mim/tools/**/*']},
         python_requires='>=3.8',
-        # never forces a torch upgrade under a compiled mmcv
-        install_requires=['torch>=2.1'],
+        # mmcv is not declared: pip would build it from source; see the installation guide
+        install_requires=RUNTIME_REQUIREMENTS,
         ext_modules=[make_extension()],
         cmdclass={'build_ext': BuildExtension},
         zip_safe=False,

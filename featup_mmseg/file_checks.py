@@ -3,7 +3,7 @@ when written.
 
 A tool that fits, trains or exports for minutes or hours must neither find out at the end
 that an input is missing or its output cannot be written, nor report a file it did not
-write (``cv2.imwrite`` returns False instead of raising). Errors are ``OSError``s that name
+write (``cv2.imwrite`` returns False instead of raising). Errors are ``OSError`` exceptions that name
 the option, the path and the reason.
 """
 import errno

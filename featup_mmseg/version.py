@@ -1,4 +1,4 @@
-__version__ = '0.1.0'
+__version__ = '0.2.0'
 
 # The oldest torch the package supports (setup.py's install_requires says the same).
 MIN_TORCH_VERSION = (2, 1)

@@ -26,7 +26,7 @@ def test_benchmark_ops_reports_ratios():
 
 def test_benchmark_jbu_head_reports_ratios():
     # jbu-before from a given built tree (this one): the default exports and builds the
-    # pre-issue-13 commit first, minutes the smoke test does not need
+    # default commit first, minutes the smoke test does not need
     result = subprocess.run([sys.executable, str(ROOT / 'tools' / 'benchmark_jbu_head.py'),
                              '--quick', '--before-tree', str(ROOT)],
                             capture_output=True, text=True, timeout=300)

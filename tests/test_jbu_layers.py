@@ -281,7 +281,7 @@ def test_stage_runs_under_autocast():
 
 
 # ----------------------------------------------------------------------------------------
-# the stage's own formulations of its operators (issue 13): same numbers as PyTorch's
+# the stage's own formulations of its operators (for speed): same numbers as PyTorch's
 
 @pytest.mark.parametrize('sizes', [((64, 64), (128, 128)), ((5, 7), (10, 14)), ((9, 6), (13, 20)),
                                    ((1, 3), (4, 5)), ((7, 7), (7, 7)), ((3, 2), (8, 9))], ids=str)

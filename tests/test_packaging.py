@@ -29,11 +29,12 @@ def test_install_leaves_torch_alone(tmp_path):
     assert planned == {'featup_mmseg'} or planned == {'featup-mmseg'}, planned
 
 
-def test_setup_declares_the_supported_torch_range():
+def test_setup_declares_the_supported_torch_range_and_no_mmcv():
     setup = (ROOT / 'setup.py').read_text()
     minimum = '.'.join(map(str, MIN_TORCH_VERSION))
-    assert f"install_requires=['torch>={minimum}']" in setup
+    assert f"'torch>={minimum}'," in setup and 'install_requires=RUNTIME_REQUIREMENTS' in setup
     assert "python_requires='>=3.8'" in setup
+    assert "'mmcv" not in setup  # pip would build it from source
 
 
 @pytest.mark.parametrize('version', ['2.0.1', '1.13.1+cu117', '2.0.0a0+git1234'])

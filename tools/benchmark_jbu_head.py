@@ -1,4 +1,4 @@
-"""Training cost of FeatUp's JBU in SegFormer-B1, against bilinear and the pre-issue-13 code.
+"""Training cost of FeatUp's JBU in SegFormer-B1, against bilinear and an earlier commit.
 
 In one run, interleaving the implementations repeat by repeat (medians over repeats):
 
@@ -8,8 +8,9 @@ In one run, interleaving the implementations repeat by repeat (medians over repe
 - stack: FeatUp's JBUStack (C = 384, 14 -> 224, batch 1) forward + backward, the backward
   from a fixed random gradient of its output (no loss timed with it).
 
-'jbu' is this tree; 'jbu-before' is the same case run by the project as it was before
-issue 13 (``--before``, a git commit: its sources are exported to build/ and its
+'jbu' is this tree; 'jbu-before' is the same case run by the project as it was at another
+commit (``--before``, default the JBU stage before its memory and speed work: its sources
+are exported to build/ and its
 extension is built there once, then imported instead of this tree's), compiled kernels
 included. So one run gives both the ratio to bilinear and the speed-up.
 
@@ -26,7 +27,7 @@ case and implementation, its first step with glibc told to map every block of 64
 more on its own (MALLOC_MMAP_THRESHOLD_), so that a freed tensor leaves the resident set
 at once. On CUDA the live peak is the peak.
 
-    python tools/benchmark_jbu_head.py                  # CPU, the issue's sizes
+    python tools/benchmark_jbu_head.py                  # CPU, SegFormer-B1 sizes
     python tools/benchmark_jbu_head.py --device cuda    # the same on the GPU
     python tools/benchmark_jbu_head.py --quick          # small sizes, a smoke test
 """
@@ -39,8 +40,8 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-# main before issue 13's first change (the JBU stage and kernels as the issue measured them)
-BEFORE_ISSUE_13 = 'bd67b9a8f39c4762cae6f12e92d7e3f985be50fb'
+# the JBU stage and kernels before their memory and speed work (docs/benchmarks.md)
+BEFORE_COMMIT = 'bd67b9a8f39c4762cae6f12e92d7e3f985be50fb'
 CONFIG = 'configs/featup_segformer/segformer_mit-b1_{}_8xb2-160k_ade20k-512x512.py'
 IMPLS = {'model': ('bilinear', 'jbu-before', 'jbu'), 'head': ('bilinear', 'jbu-before', 'jbu'),
          'stack': ('jbu-before', 'jbu')}
@@ -180,9 +181,9 @@ def main():
                         '--quick)')
     parser.add_argument('--cases', default=','.join(IMPLS),
                         help=f'comma-separated cases out of {",".join(IMPLS)}')
-    parser.add_argument('--before', default=BEFORE_ISSUE_13,
-                        help='git commit measured as jbu-before (default: main before issue '
-                        '13)')
+    parser.add_argument('--before', default=BEFORE_COMMIT,
+                        help='git commit measured as jbu-before (default: the JBU stage '
+                        'before its memory and speed work, bd67b9a)')
     parser.add_argument('--before-tree', type=Path, default=None,
                         help='a source tree with its extension built, measured as jbu-before '
                         'instead of --before')
@@ -244,7 +245,7 @@ def main():
         if 'bilinear' in IMPLS[case]:
             bilinear = results[case, 'bilinear']
             print(f'{case:<7}jbu / bilinear         '
-                  f'{ratios(jbu[0] / bilinear[0], jbu, bilinear)}   (before issue 13: '
+                  f'{ratios(jbu[0] / bilinear[0], jbu, bilinear)}   (before: '
                   f'{ratios(before[0] / bilinear[0], before, bilinear).strip()})')
         print(f'{case:<7}speed-up over before    {ratios(before[0] / jbu[0], jbu, before)} '
               'of its memory')

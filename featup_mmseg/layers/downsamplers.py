@@ -1,4 +1,4 @@
-"""FeatUp's learned downsamplers (spec section 5): high-res features -> a low-res grid.
+"""FeatUp's learned downsamplers (paper section 3.1): high-res features -> a low-res grid.
 
 Both slide a k x k window over the high-res map with the stride that lands on the target
 grid, (H - k) // (h - 1) per dimension as in FeatUp; where that stride overshoots, the
@@ -38,7 +38,7 @@ def windows(x: torch.Tensor, kernel_size: int, output_size: Sequence[int]) -> to
 
 
 class SimpleDownsampler(nn.Module):
-    """Depthwise convolution with one learned k x k kernel, normalised to |w| / sum |w|."""
+    """Depthwise convolution with one learned k x k kernel, normalised to ``|w| / sum |w|``."""
 
     def __init__(self, kernel_size: int = 16):
         super().__init__()

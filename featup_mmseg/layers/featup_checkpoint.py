@@ -1,4 +1,4 @@
-"""Loading FeatUp's published JBU checkpoints (spec section 3), strictly.
+"""Loading FeatUp's published JBU checkpoints, strictly.
 
 FeatUp publishes PyTorch Lightning checkpoints whose ``state_dict`` holds ``upsampler.*``
 (the JBU stack), the frozen backbone under ``model.`` and the training-only

@@ -2,7 +2,7 @@
 
 The high-res features of ONE image are a function of its pixels: a small MLP of Fourier
 features of each pixel's coordinates and colour, F_hr = MLP(h(e_i : e_j : x, w)) (eq. 7).
-The field is fitted to the image by FeatUp's multi-view objective (spec section 5, the
+The field is fitted to the image by FeatUp's multi-view objective (paper section 3.3, the
 JBU pretraining's :class:`~.multiview.ReconstructionCriterion`): rendered at the image's
 size, moved by a view's jitter T and downsampled by the learned (attention) downsampler,
 it must predict the frozen backbone's features of T(image), weighted by the learned

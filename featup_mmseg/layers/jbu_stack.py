@@ -1,4 +1,4 @@
-"""FeatUp's image-guided JBU stack (spec section 3), at any output size."""
+"""FeatUp's image-guided JBU stack (paper section 3.2), at any output size."""
 from typing import List, Optional, Sequence, Tuple, Union
 
 import torch

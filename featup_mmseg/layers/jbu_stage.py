@@ -1,4 +1,4 @@
-"""One learned joint bilateral upsampling stage (FeatUp's JBULearnedRange, spec section 2)."""
+"""One learned joint bilateral upsampling stage (FeatUp's JBULearnedRange, paper section 3.2)."""
 from typing import List, Optional, Sequence, Tuple
 
 import torch
@@ -120,7 +120,7 @@ class JBUStage(nn.Module):
     2. range kernel R (B, k*k, H, W) over each k x k window of the keys, by
        ``range_kernel``: 'softmax' (FeatUp): softmax over taps of
        clamp(exp(range_temp), 1e-4, 1e4) * <Q_c, Q_p>; 'no_mlp': the same with Q = G and no
-       range_proj; 'gaussian_euclidean': exp(-|Q_c - Q_p|^2 / (2 sigma_range^2));
+       range_proj; 'gaussian_euclidean': ``exp(-|Q_c - Q_p|^2 / (2 sigma_range^2))``;
        'gaussian_cosine': exp(-(1 - cos(Q_c, Q_p)) / (2 sigma_range^2)).
     3. spatial kernel exp(-(u_i^2 + u_j^2) / (2 sigma_spatial^2)), u = linspace(-1, 1, k)
     4. K = R * spatial, normalised over the taps (sum clamped at 1e-7), then
@@ -236,7 +236,7 @@ class JBUStage(nn.Module):
 
     def kernel(self, guidance: torch.Tensor,
                products: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """(B, k*k, H, W) per-pixel upsampling kernel: steps 1-6 of the spec.
+        """(B, k*k, H, W) per-pixel upsampling kernel: steps 1-4 of the class docstring.
 
         ``products``: the guidance through :meth:`guidance_projection`, where the caller
         has it already (:func:`jbu_guidance_products`).

@@ -1,4 +1,4 @@
-"""FeatUp's multi-view reconstruction objective (spec section 5), torch only.
+"""FeatUp's multi-view reconstruction objective (paper sections 3.1-3.3), torch only.
 
 An upsampler U is trained against a frozen backbone f: its high-res features of an image
 x, moved by a random jitter T and downsampled by a learned D, must predict f(T(x)) —

@@ -1,4 +1,5 @@
-"""Pure-PyTorch reference of the window ops (spec section 1) and of the bicubic resize.
+"""Pure-PyTorch reference of the window ops (FeatUp's adaptive convolution and its
+range-kernel correlation, paper section 3.2) and of the bicubic resize.
 
 Written the obvious way, with an explicit padded copy and ``F.unfold``: it is the test
 oracle for the compiled kernels and the fallback when ``featup_mmseg._ext`` is not built.

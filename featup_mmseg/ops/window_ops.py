@@ -1,4 +1,5 @@
-"""Python API of the window ops (spec section 1) and of the bicubic resize.
+"""Python API of the window ops (FeatUp's adaptive convolution and its range-kernel
+correlation, paper section 3.2) and of the bicubic resize.
 
 The compiled kernels live in ``featup_mmseg._ext`` and are registered with the PyTorch
 dispatcher as ``torch.ops.featup_mmseg.*``. Their autograd is chosen once, at import, by
@@ -16,6 +17,7 @@ Both compiled paths share one set of derivative rules and give gradients of any 
 import contextlib
 import math
 import os
+import sys
 import threading
 import types
 import warnings
@@ -36,10 +38,35 @@ _LIBRARY = 'featup_mmseg::'
 _DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
+def _installed_copy_with_extension() -> Optional[str]:
+    """Another featup_mmseg on sys.path, with a compiled _ext, than the one imported: an
+    installed package shadowed by a source checkout without its build (Python puts the
+    current directory first on sys.path)."""
+    import glob
+    import importlib.machinery
+    here = os.path.realpath(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    for entry in sys.path:
+        package = os.path.realpath(os.path.join(entry or os.getcwd(), 'featup_mmseg'))
+        if package != here and any(
+                glob.glob(os.path.join(package, '_ext' + suffix))
+                for suffix in importlib.machinery.EXTENSION_SUFFIXES):
+            return package
+    return None
+
+
 def _load_extension():
     try:
         from featup_mmseg import _ext
     except ImportError as err:
+        installed = _installed_copy_with_extension()
+        if installed is not None:
+            here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+            raise ImportError(
+                f'featup_mmseg was imported from {here}, which has no compiled '
+                f'featup_mmseg._ext, instead of the installed package at {installed}, which '
+                'has it: Python puts the current directory first on sys.path. Run from '
+                'outside the source checkout, or build it in place with `pip install '
+                '--no-build-isolation -e .`') from err
         warnings.warn(
             f'featup_mmseg._ext could not be imported ({err}); featup_mmseg.ops falls back to '
             'the pure-PyTorch reference ops, which are much slower and use far more memory. '

@@ -1,4 +1,4 @@
-"""FeatUp's self-supervised upsampler pretraining (spec section 5) as an mmengine hook."""
+"""FeatUp's self-supervised upsampler pretraining (paper sections 3.1-3.3) as an mmengine hook."""
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, List, Optional

@@ -1,4 +1,4 @@
-"""SegFormer's all-MLP head with guided upsampling of the coarse levels (spec section 4)."""
+"""SegFormer's all-MLP head with guided upsampling of the coarse levels (FeatUp, section 4.4)."""
 import torch
 import torch.nn as nn
 from mmcv.cnn import ConvModule

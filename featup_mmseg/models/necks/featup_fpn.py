@@ -26,7 +26,7 @@ class FeatUpFPN(FPN):
             :mod:`featup_mmseg.models.upsamplers`, built with ``guidance_dim=out_channels``.
         upsample_cfg: kept for FPN's signature; only its default is accepted (the
             upsampler replaces it).
-        *args, **kwargs: FPN's arguments.
+        args, kwargs: FPN's arguments.
     """
 
     def __init__(self, *args, upsampler=None, upsample_cfg=FPN_UPSAMPLE_CFG, **kwargs):
