@@ -70,3 +70,13 @@ def test_every_metafile_config_builds(config):
     cfg.model.pop('pretrained', None)
     cfg.model.backbone.pop('init_cfg', None)
     assert MODELS.build(cfg.model) is not None
+
+
+def test_front_page_links_point_to_files_of_the_project():
+    """The README is not part of the Sphinx build, which checks the docs' own links."""
+    readme = (ROOT / 'README.md').read_text()
+    targets = re.findall(r'\]\(([^)#]+)(?:#[^)]*)?\)', readme)
+    local = [t for t in targets if '://' not in t]
+    assert local, 'no links found'
+    for target in local:
+        assert (ROOT / target).exists(), target
