@@ -109,7 +109,7 @@ def test_installed_sdist_runs_its_ops_and_ships_its_configs(scratch):
     assert 'installed ok' in result.stdout
 
 
-def test_mim_trains_from_the_installed_package(scratch):
+def test_mim_trains_and_tests_from_the_installed_package(scratch):
     pytest.importorskip('mim')
     root, python = scratch
     from featup_mmseg.datasets import generate_synthetic_shapes
@@ -119,15 +119,23 @@ def test_mim_trains_from_the_installed_package(scratch):
     for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
         options += [f'{loader}.dataset.data_root={data}', f'{loader}.num_workers=0',
                     f'{loader}.persistent_workers=False']
-    # mim runs featup_mmseg/.mim/tools/train.py of the installed package with this python
-    command = [str(python), '-c', 'import sys; from mim.cli import cli; sys.exit(cli())',
-               'train', 'featup_mmseg', DEMO, '--work-dir', str(root / 'run'), '-y',
-               '--cfg-options', *options]
-    result = subprocess.run(command, capture_output=True, text=True, cwd=root, timeout=900)
+    # mim runs featup_mmseg/.mim/tools/{train,test}.py of the installed package, this python
+    mim = [str(python), '-c', 'import sys; from mim.cli import cli; sys.exit(cli())']
+    result = subprocess.run(
+        [*mim, 'train', 'featup_mmseg', DEMO, '--work-dir', str(root / 'run'), '-y',
+         '--cfg-options', *options], capture_output=True, text=True, cwd=root, timeout=900)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-4000:]
     assert os.path.join('featup_mmseg', '.mim', 'tools', 'train.py') in output
     assert (root / 'run' / 'iter_2.pth').exists()
+    result = subprocess.run(
+        [*mim, 'test', 'featup_mmseg', DEMO, '--checkpoint', str(root / 'run' / 'iter_2.pth'),
+         '--work-dir', str(root / 'test'), '-y', '--cfg-options', *options],
+        capture_output=True, text=True, cwd=root, timeout=900)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-4000:]
+    assert os.path.join('featup_mmseg', '.mim', 'tools', 'test.py') in output
+    assert 'mIoU' in output
 
 
 def test_a_checkout_without_its_build_says_it_shadows_the_installed_package(scratch, tmp_path):
