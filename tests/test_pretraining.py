@@ -15,6 +15,7 @@ from featup_mmseg.engine.hooks import find_targets
 from featup_mmseg.datasets import generate_synthetic_shapes
 from featup_mmseg.layers import (AttentionDownsampler, Jitter, ReconstructionCriterion,
                                  SimpleDownsampler, build_downsampler, sample_jitter)
+from featup_mmseg.models.image_guidance import guided_segmentor_build
 
 PRETRAIN_DEMO = ROOT / 'configs/demo/vit-tiny_jbu-neck_featup-pretrain_synthetic-128x128.py'
 PRETRAIN_FEATUP = ROOT / 'configs/featup_pretrain/vit-s16_featup-jbu-pretrain_224px.py'
@@ -136,9 +137,9 @@ def test_hook_finds_the_upsamplers_and_rejects_models_without():
     assert neck_target.name == 'neck' and neck_target.feat_dims == [64]
     head_target, = find_targets(_model(JBU_DEMO), 'auto')
     assert head_target.name == 'decode_head' and head_target.reconstructed == [1, 2, 3]
-    with pytest.raises(ValueError, match=r"target='neck'.*no JBU upsampler to pretrain"):
+    with pytest.raises(ValueError, match=r"target='neck'.*no learned upsampler to pretrain"):
         find_targets(_model(JBU_DEMO), 'neck')
-    with pytest.raises(ValueError, match=r"target='auto'.*no JBU upsampler to pretrain"):
+    with pytest.raises(ValueError, match=r"target='auto'.*no learned upsampler to pretrain"):
         find_targets(_model(BILINEAR_DEMO), 'auto')
     with pytest.raises(ValueError, match=r"target must be one of .*'backbone'"):
         HOOKS.build(dict(type='FeatUpPretrainHook', target='backbone'))
@@ -212,6 +213,30 @@ def test_pretrained_upsampler_beats_its_frozen_initialisation(tmp_path):
     # paired over the second half, once training has moved the upsampler (about 0.017 here)
     gains = [f - t for t, f in zip(trained[steps // 2:], frozen[steps // 2:])]
     assert sum(gains) / len(gains) > 0.005, (trained, frozen)
+
+
+def test_stacks_of_baseline_upsamplers_pretrain_and_frozen_or_bilinear_necks_are_refused(
+        tmp_path):
+    """FeatUp's Table 1 baselines learn with the same objective: a FeatureUpsamplingNeck's
+    stack of CARAFE stages pretrains; a bilinear or frozen neck has nothing to learn."""
+    data_root = generate_synthetic_shapes(tmp_path / 'data', num_train=4, num_val=1, size=64)
+    runner, hook = _demo_runner(data_root, tmp_path / 'carafe', 2, 64)
+    carafe = dict(type='FeatureUpsamplingNeck', in_channels=64, num_stages=4,
+                  upsampler=dict(type='CARAFE', up_kernel=3))
+    with guided_segmentor_build():
+        runner.model.neck = MODELS.build(carafe)
+    before = {k: v.clone() for k, v in runner.model.neck.state_dict().items()}
+    assert len(hook.pretrain(runner)) == 2
+    saved = torch.load(tmp_path / 'carafe/featup_pretrained_upsampler.pth', weights_only=True)
+    assert set(saved['state_dict']) == {'neck.' + k for k in before}
+    assert any(not torch.equal(before[k], saved['state_dict']['neck.' + k]) for k in before)
+    for neck, match in ((dict(carafe, frozen=True), 'neck is frozen'),
+                        (dict(carafe, upsampler=dict(type='bilinear')),
+                         'no learned upsampler to pretrain')):
+        with guided_segmentor_build():
+            runner.model.neck = MODELS.build(neck)
+        with pytest.raises(ValueError, match=match):
+            find_targets(runner.model, 'auto')
 
 
 def test_head_stages_pretrain_against_frozen_projections(data_root, tmp_path):

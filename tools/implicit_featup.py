@@ -190,6 +190,7 @@ def main():
         if not has_jbu_neck(model):
             parser.error(f'--upsampler needs a model with a JBUNeck; {args.config} has none')
         load_upsampler(model.neck, args.upsampler)
+        model.check_trained_backbone()  # warns if pretrained with another
     backbone = backbone_features(model, args.in_index)
     args.fit_size = fit_size(args, parser, cfg, model, backbone)
     args.size = args.size or args.fit_size

@@ -30,6 +30,7 @@ from mmengine.runner.checkpoint import CheckpointLoader
 from mmseg.registry import MODELS
 
 import featup_mmseg.plugin  # noqa: F401  (registrations)
+from featup_mmseg.models.backbone_record import trained_backbone
 from featup_mmseg.models.input_size import backbone_input_size, config_input_size
 from featup_mmseg.file_checks import check_input_file, check_output_file, write_image
 from featup_mmseg.visualization import feature_figure
@@ -39,11 +40,14 @@ DEFAULT_SIZE = (224, 224)
 
 
 def load_upsampler(neck, path: str) -> None:
-    """Strictly loads neck weights, keyed 'neck.*' (pretraining) or as the neck (converted)."""
-    state_dict = CheckpointLoader.load_checkpoint(path, map_location='cpu')
-    state_dict = state_dict.get('state_dict', state_dict)
+    """Strictly loads neck weights, keyed 'neck.*' (pretraining) or as the neck (converted),
+    and keeps the record of the backbone they were pretrained with: the model's first
+    forward pass warns if its backbone is another."""
+    checkpoint = CheckpointLoader.load_checkpoint(path, map_location='cpu')
+    state_dict = checkpoint.get('state_dict', checkpoint)
     prefix = 'neck.' if any(key.startswith('neck.') for key in state_dict) else None
     neck.load_weights(state_dict, prefix, f'upsampler checkpoint {path}')
+    neck.trained_backbone = trained_backbone(checkpoint, path)
 
 
 def read_image(parser, path: str):
@@ -89,6 +93,7 @@ def main():
         load_checkpoint(model, args.checkpoint, map_location='cpu', strict=False)
     if args.upsampler:
         load_upsampler(neck, args.upsampler)
+        model.check_trained_backbone()  # warns if pretrained with another
 
     def features(inputs):
         return neck.select(model.backbone(inputs))

@@ -32,9 +32,56 @@ def window_grid(input_size: Sequence[int], output_size: Sequence[int],
 def windows(x: torch.Tensor, kernel_size: int, output_size: Sequence[int]) -> torch.Tensor:
     """(B, C, k*k, h, w): the k x k windows of x (B, C, H, W) for an (h, w) output."""
     batch, channels = x.shape[:2]
-    stride, grid = window_grid(x.shape[-2:], output_size, kernel_size)
-    patches = F.unfold(x, kernel_size, stride=stride).view(batch, channels, kernel_size**2, *grid)
-    return patches[..., :output_size[0], :output_size[1]]
+    stride, _ = window_grid(x.shape[-2:], output_size, kernel_size)
+    # only the part the first h x w windows cover, so no window is unfolded to be dropped
+    covered = x[..., :(output_size[0] - 1) * stride[0] + kernel_size,
+                :(output_size[1] - 1) * stride[1] + kernel_size]
+    patches = F.unfold(covered, kernel_size, stride=stride)
+    return patches.view(batch, channels, kernel_size**2, *output_size)
+
+
+def _window_taps(pixels: torch.Tensor, stride: Sequence[int], output_size: Sequence[int],
+                 kernel_size: int):
+    """Yields (tap index, (B, h, w, C) strided view of ``pixels`` (B, H, W, C) at that tap
+    of every window), for the k*k taps in unfold's row-major order."""
+    span = [(n - 1) * s + 1 for n, s in zip(output_size, stride)]
+    for tap_y in range(kernel_size):
+        for tap_x in range(kernel_size):
+            yield tap_y * kernel_size + tap_x, pixels[:, tap_y:tap_y + span[0]:stride[0],
+                                                      tap_x:tap_x + span[1]:stride[1]]
+
+
+class _WindowWeightedSum(torch.autograd.Function):
+    """out[b, i, j] = sum_p pixels[b, window (i, j) at tap p] * weights[b, p, i, j].
+
+    The same sum as weighting the unfolded windows (B, C, k*k, h, w), tap by tap over
+    channels-last pixels: no unfolded copy of the features, and each tap reads whole
+    pixels (C contiguous values)."""
+
+    @staticmethod
+    def forward(ctx, pixels, weights, stride, kernel_size):
+        output_size = weights.shape[-2:]
+        out = pixels.new_zeros(pixels.shape[0], *output_size, pixels.shape[-1])
+        for tap, values in _window_taps(pixels, stride, output_size, kernel_size):
+            out.addcmul_(values, weights[:, tap, :, :, None])
+        ctx.save_for_backward(pixels, weights)
+        ctx.stride, ctx.kernel_size = stride, kernel_size
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        pixels, weights = ctx.saved_tensors
+        output_size = weights.shape[-2:]
+        grad_pixels = torch.zeros_like(pixels) if ctx.needs_input_grad[0] else None
+        grad_weights = torch.empty_like(weights) if ctx.needs_input_grad[1] else None
+        grad_taps = _window_taps(grad_pixels, ctx.stride, output_size, ctx.kernel_size) \
+            if grad_pixels is not None else None
+        for tap, values in _window_taps(pixels, ctx.stride, output_size, ctx.kernel_size):
+            if grad_taps is not None:
+                next(grad_taps)[1].addcmul_(grad_out, weights[:, tap, :, :, None])
+            if grad_weights is not None:
+                grad_weights[:, tap] = torch.linalg.vecdot(grad_out, values)
+        return grad_pixels, grad_weights, None, None
 
 
 class SimpleDownsampler(nn.Module):
@@ -76,14 +123,22 @@ class AttentionDownsampler(nn.Module):
 
     def attention(self, features: torch.Tensor, output_size: Sequence[int]) -> torch.Tensor:
         """(B, k*k, h, w) window weights, summing to 1 over the taps."""
-        saliency = self.attention_net(features.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        return self._attention(features.permute(0, 2, 3, 1), output_size)
+
+    def _attention(self, pixels: torch.Tensor, output_size: Sequence[int]) -> torch.Tensor:
+        """:meth:`attention` of channels-last (B, H, W, C) features."""
+        saliency = self.attention_net(pixels).permute(0, 3, 1, 2)
         logits = windows(saliency, self.kernel_size, output_size)[:, 0]
         logits = logits * self.w.reshape(1, -1, 1, 1) + self.b.reshape(1, -1, 1, 1)
         return torch.softmax(logits, dim=1)
 
     def forward(self, features: torch.Tensor, output_size: Sequence[int]) -> torch.Tensor:
-        return torch.einsum('bcphw,bphw->bchw', windows(features, self.kernel_size, output_size),
-                            self.attention(features, output_size))
+        stride, _ = window_grid(features.shape[-2:], output_size, self.kernel_size)
+        # one channels-last copy serves the saliency's linear layer and the window sums
+        pixels = features.permute(0, 2, 3, 1).contiguous()
+        out = _WindowWeightedSum.apply(pixels, self._attention(pixels, output_size), stride,
+                                       self.kernel_size)
+        return out.permute(0, 3, 1, 2)
 
 
 DOWNSAMPLERS = ('attention', 'simple')

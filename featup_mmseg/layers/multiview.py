@@ -37,16 +37,64 @@ class Jitter:
         if self.pad >= min(height, width):
             raise ValueError(f'Jitter: pad {self.pad} must be smaller than the input size '
                              f'{(height, width)} for reflect padding')
-        view = F.pad(x, [self.pad] * 4, mode='reflect') if self.pad else x
-        if self.zoom != 1.0:
-            size = [round(n * self.zoom) for n in view.shape[-2:]]
-            view = F.interpolate(view, size, mode='bilinear', align_corners=False)
-        if self.top + height > view.shape[-2] or self.left + width > view.shape[-1]:
+        zoomed = [self._zoomed_side(n) for n in (height, width)]
+        if self.top + height > zoomed[0] or self.left + width > zoomed[1]:
             raise ValueError(
                 f'Jitter: a {(height, width)} crop at (top, left) = {(self.top, self.left)} '
-                f'does not fit the padded and zoomed input {tuple(view.shape[-2:])}')
-        view = view[..., self.top:self.top + height, self.left:self.left + width]
-        return view.flip(-1) if self.flip else view
+                f'does not fit the padded and zoomed input {tuple(zoomed)}')
+        # Pad, zoom, crop and flip act on rows and columns separately, and each output row
+        # (column) blends at most two input rows (columns): gathering those directly
+        # computes only the crop, never the padded and zoomed map around it. Channels-last
+        # features are gathered as whole pixels and stay channels-last.
+        channels_last = x.dim() == 4 and not x.is_contiguous() and \
+            x.is_contiguous(memory_format=torch.channels_last)
+        grid = x.permute(0, 2, 3, 1) if channels_last else x
+        row_dim, column_dim = (1, 2) if channels_last else (x.dim() - 2, x.dim() - 1)
+        view = self._blend(grid, row_dim, *self._taps(height, self.top, False, x))
+        view = self._blend(view, column_dim, *self._taps(width, self.left, self.flip, x))
+        return view.permute(0, 3, 1, 2) if channels_last else view
+
+    def _zoomed_side(self, side: int) -> int:
+        padded = side + 2 * self.pad
+        return round(padded * self.zoom) if self.zoom != 1.0 else padded
+
+    def _taps(self, side: int, offset: int, flip: bool, like: torch.Tensor):
+        """(first, second input index, their weights) of the ``side`` outputs of one axis:
+        reflect padding, bilinear zoom (align_corners=False, as F.interpolate to the
+        rounded size), the crop from ``offset`` and the flip."""
+        positions = torch.arange(side, device=like.device) + offset
+        if flip:
+            positions = positions.flip(0)
+        padded = side + 2 * self.pad
+        if self.zoom == 1.0:
+            return self._reflect(positions, side), None, None, None
+        # F.interpolate's source coordinate for an output size, (o + 0.5) * in / out - 0.5,
+        # rounded once from the exact product as its fused multiply-add does
+        scale = torch.tensor(padded, dtype=like.dtype) / self._zoomed_side(side)
+        source = (scale.double() * (positions.double() + 0.5) - 0.5).to(like.dtype).clamp(min=0)
+        first = source.long()
+        second_weight = source - first
+        second = torch.where(first < padded - 1, first + 1, first)
+        return (self._reflect(first, side), self._reflect(second, side), 1 - second_weight,
+                second_weight)
+
+    def _reflect(self, padded_index: torch.Tensor, side: int) -> torch.Tensor:
+        """The input index that reflect padding puts at ``padded_index``."""
+        index = (padded_index - self.pad).abs()
+        return torch.where(index > side - 1, 2 * (side - 1) - index, index)
+
+    @staticmethod
+    def _blend(x: torch.Tensor, dim: int, first: torch.Tensor,
+               second: Optional[torch.Tensor], first_weight: Optional[torch.Tensor],
+               second_weight: Optional[torch.Tensor]) -> torch.Tensor:
+        """x's entries ``first`` along ``dim``, or their blend with ``second`` by the weights."""
+        index = (slice(None), ) * dim
+        if second is None:
+            return x[index + (first, )]
+        shape = [1] * x.dim()
+        shape[dim] = -1
+        return x[index + (first, )] * first_weight.view(shape) + \
+            x[index + (second, )] * second_weight.view(shape)
 
 
 def check_view_arguments(owner: str, max_pad: int, max_zoom: float) -> None:
@@ -151,7 +199,8 @@ def multiview_reconstruction_loss(images: torch.Tensor, features: FeaturesFn,
                                   upsample: UpsampleFn, reconstructed: Sequence[int],
                                   criteria: Sequence[ReconstructionCriterion],
                                   num_jitters: int = 2, max_pad: int = 30,
-                                  max_zoom: float = 2.0) -> torch.Tensor:
+                                  max_zoom: float = 2.0,
+                                  backward_weight: Optional[float] = None) -> torch.Tensor:
     """The multi-view loss of one batch, averaged over jitters and upsampled maps.
 
     Args:
@@ -162,23 +211,37 @@ def multiview_reconstruction_loss(images: torch.Tensor, features: FeaturesFn,
         reconstructed: indices of the upsampled maps among ``features``' outputs.
         criteria: one :class:`ReconstructionCriterion` per upsampled map.
         num_jitters, max_pad, max_zoom: the views, as :func:`sample_jitter`.
+        backward_weight: if given, the gradients of ``backward_weight`` times the loss are
+            accumulated here, view by view, so that only one view's graph is held at a
+            time (the same gradients, up to float round-off, as backpropagating the
+            returned loss), and the loss is returned detached.
     """
     check_int('multiview_reconstruction_loss', 'num_jitters', num_jitters)
     height, width = images.shape[-2:]
     with torch.no_grad():
         low_res = features(images)
-    high_res = [
-        hr if hr.shape[-2:] == (height, width) else
-        F.interpolate(hr, (height, width), mode='bilinear', align_corners=False)
-        for hr in upsample(low_res, images)
-    ]
+    # channels-last: the views gather whole pixels, which the downsampler takes as they are
+    high_res = [(hr if hr.shape[-2:] == (height, width) else F.interpolate(
+        hr, (height, width), mode='bilinear', align_corners=False)).contiguous(
+            memory_format=torch.channels_last) for hr in upsample(low_res, images)]
+    moved = high_res if backward_weight is None else \
+        [hr.detach().requires_grad_(hr.requires_grad) for hr in high_res]
     total = 0.0
     for index in range(num_jitters):
         jitter = sample_jitter(height, width, max_pad, max_zoom)
         with torch.no_grad():
             views = features(jitter(images))
         targets = [views[i] for i in reconstructed]
-        for criterion, hr, target in zip(criteria, high_res, targets):
-            total = total + criterion(jitter(hr), target, with_tv=index == 0)
-    return total / (num_jitters * len(criteria))
-
+        view_loss = sum(
+            criterion(jitter(hr), target, with_tv=index == 0)
+            for criterion, hr, target in zip(criteria, moved, targets)) / (num_jitters *
+                                                                           len(criteria))
+        if backward_weight is not None:
+            (backward_weight * view_loss).backward()
+            view_loss = view_loss.detach()
+        total = total + view_loss
+    if backward_weight is not None:
+        pairs = [(hr, leaf.grad) for hr, leaf in zip(high_res, moved) if leaf.grad is not None]
+        if pairs:
+            torch.autograd.backward(*zip(*pairs))
+    return total

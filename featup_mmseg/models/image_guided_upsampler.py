@@ -10,10 +10,27 @@ from torch import Tensor
 
 from ..layers import ChannelNorm, JBUStack, load_state_dict_strict, stage_sizes
 from ..layers.argument_checks import check_int, check_number, check_size
+from .backbone_record import trained_backbone
 from .input_size import level_stride, smallest_image_side
 
 
-class ImageGuidedUpsampler(BaseModule):
+class Freezable:
+    """Mixin for an ``nn.Module`` that can be frozen: after :meth:`freeze` its parameters
+    get no gradients and it stays in eval mode whatever ``train()`` asks (dropout off), so
+    a pretrained part stays exactly as loaded while a probe trains on its outputs."""
+    frozen = False
+
+    def freeze(self) -> None:
+        """Stops gradients to every parameter and keeps the module in eval mode."""
+        self.frozen = True
+        self.requires_grad_(False)
+        self.eval()
+
+    def train(self, mode: bool = True):
+        return super().train(False if self.frozen else mode)
+
+
+class ImageGuidedUpsampler(Freezable, BaseModule):
     """Upsamples features of ``in_channels`` with a :class:`~featup_mmseg.layers.JBUStack`
     guided by the (normalised) input image, optionally after FeatUp's channel LayerNorm.
 
@@ -27,6 +44,9 @@ class ImageGuidedUpsampler(BaseModule):
     missing, unexpected or mis-shaped key is reported and nothing is loaded. Its keys are
     ``upsampler.*`` and, with ``feature_norm=True``, ``norm.*``, the layout
     ``tools/convert_featup_checkpoint.py`` writes from FeatUp's published checkpoints.
+
+    ``frozen=True`` keeps the module in eval mode without gradients (:class:`Freezable`):
+    a pretrained upsampler under a linear probe.
     """
     DEFAULT_OUT_STRIDE = 4
     # for featup_mmseg.ops.onnx_export.export_onnx
@@ -44,8 +64,12 @@ class ImageGuidedUpsampler(BaseModule):
                  radius: int = 3,
                  range_kernel: str = 'softmax',
                  feature_norm: bool = False,
-                 init_cfg=None):
+                 init_cfg=None,
+                 frozen: bool = False):
         super().__init__(init_cfg)
+        # the backbone the loaded weights were pretrained with (see backbone_record.py),
+        # until the segmentor has compared it with its own
+        self.trained_backbone: Optional[dict] = None
         name = type(self).__name__
         given = [arg for arg, value in (('out_stride', out_stride), ('output_size', output_size),
                                         ('scale_factor', scale_factor)) if value is not None]
@@ -67,6 +91,10 @@ class ImageGuidedUpsampler(BaseModule):
             self.norm = ChannelNorm(in_channels)
         self.upsampler = JBUStack(in_channels, num_stages=num_stages, key_dim=key_dim,
                                   radius=radius, range_kernel=range_kernel)
+        if not isinstance(frozen, bool):
+            raise ValueError(f'{name}: frozen must be a bool, got {frozen!r}')
+        if frozen:
+            self.freeze()
 
     def normalise(self, features: Tensor) -> Tensor:
         """The features, channel-normalised if configured."""
@@ -137,6 +165,7 @@ class ImageGuidedUpsampler(BaseModule):
         """Strictly loads the neck's weights from a checkpoint file or URL."""
         loaded = CheckpointLoader.load_checkpoint(checkpoint, map_location='cpu')
         self.load_weights(loaded.get('state_dict', loaded), prefix, f'checkpoint {checkpoint}')
+        self.trained_backbone = trained_backbone(loaded, checkpoint)
 
     def load_weights(self, state_dict: dict, prefix: Optional[str], source: str) -> None:
         """Strictly loads ``state_dict`` (its ``prefix``-ed keys only, if a prefix is given)."""

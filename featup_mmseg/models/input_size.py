@@ -114,14 +114,22 @@ def probe_stride(features: Callable, size: Sequence[int], device=None) -> int:
     return level_stride(size, grid, unpadded=True)
 
 
+def stride_multiples_around(size: Sequence[int], stride: int
+                            ) -> Tuple[Tuple[int, ...], Tuple[int, ...]]:
+    """The multiples of ``stride`` nearest to each side of ``size``: the sizes below (at
+    least ``stride``) and above it, to propose for a size the feature grid does not tile."""
+    below = tuple(max(stride, side // stride * stride) for side in size)
+    above = tuple(-(-side // stride) * stride for side in size)
+    return below, above
+
+
 def check_stride_multiple(option: str, size: Sequence[int], stride: int) -> None:
     """Refuses an input size that the backbone's feature grid of ``stride`` does not tile:
     its features would cover more or less than the image and be stretched over it."""
     if all(side % stride == 0 for side in size):
         return
     cells = ' x '.join(f'{side / stride:g}' for side in size)
-    below = [max(stride, side // stride * stride) for side in size]
-    above = [-(-side // stride) * stride for side in size]
+    below, above = stride_multiples_around(size, stride)
     raise ValueError(
         f'{option} {size[0]} {size[1]}: the backbone\'s features (stride {stride}) would cover '
         f'{cells} cells of it and be stretched over the image; use a multiple of {stride}, '

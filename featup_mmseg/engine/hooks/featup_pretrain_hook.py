@@ -1,4 +1,5 @@
 """FeatUp's self-supervised upsampler pretraining (paper sections 3.1-3.3) as an mmengine hook."""
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, List, Optional
@@ -16,6 +17,8 @@ from ...file_checks import check_output_file
 from ...layers.argument_checks import check_choice, check_int
 from ...layers.multiview import (ReconstructionCriterion, check_criterion_arguments,
                                  check_view_arguments, multiview_reconstruction_loss)
+from ...models.backbone_record import (backbone_record, backbone_weights_source,
+                                       random_backbone_message)
 
 META_KEY = 'featup_pretrained'
 TARGETS = ('auto', 'neck', 'decode_head')
@@ -49,12 +52,18 @@ class PretrainTarget:
 
 
 def find_targets(model: nn.Module, target: str) -> List[PretrainTarget]:
-    """The JBU upsamplers of ``model``: an image-guided neck (JBUNeck) and the guided
-    stages of a FeatUpSegformerHead."""
+    """The learned upsamplers of ``model``: an image-guided neck's (JBUNeck, or a
+    FeatureUpsamplingNeck's stack of guided stages) and the guided stages of a
+    FeatUpSegformerHead.
+
+    Raises:
+        ValueError: if it has none, or if one is frozen (nothing would learn).
+    """
     targets = []
     neck = getattr(model, 'neck', None)
+    # an interpolating neck has an empty upsampler: nothing to learn
     if target in ('auto', 'neck') and getattr(neck, 'requires_image', False) \
-            and hasattr(neck, 'upsampler'):
+            and any(True for _ in getattr(neck, 'upsampler', nn.Module()).parameters()):
 
         def neck_features(images):
             return [neck.select(model.backbone(images))]
@@ -77,9 +86,14 @@ def find_targets(model: nn.Module, target: str) -> List[PretrainTarget]:
                            list(range(1, levels))))
     if not targets:
         raise ValueError(
-            f'FeatUpPretrainHook(target={target!r}): the model has no JBU upsampler to '
-            'pretrain; it needs a JBUNeck (with GuidedEncoderDecoder) or a '
-            'FeatUpSegformerHead with JBU stages')
+            f'FeatUpPretrainHook(target={target!r}): the model has no learned upsampler to '
+            'pretrain; it needs a JBUNeck or a FeatureUpsamplingNeck with a guided '
+            'upsampler (with GuidedEncoderDecoder), or a FeatUpSegformerHead with JBU stages')
+    for found in targets:
+        if getattr(found.saved, 'frozen', False):
+            raise ValueError(
+                f'FeatUpPretrainHook: the {found.name} is frozen (frozen=True: no gradients, '
+                f'nothing would learn); pretrain with model.{found.name}.frozen=False')
     return targets
 
 
@@ -191,6 +205,11 @@ class FeatUpPretrainHook(Hook):
             check_output_file(self._path(runner), 'FeatUpPretrainHook: checkpoint_name')
         model = runner.model.module if is_model_wrapper(runner.model) else runner.model
         targets = find_targets(model, self.target)
+        backbone_cfg, load_from = self._backbone_source(runner)
+        if backbone_weights_source(backbone_cfg, load_from) is None:
+            message = random_backbone_message('FeatUp pretraining', backbone_cfg)
+            warnings.warn(message, UserWarning)
+            runner.logger.warning(message)
         device = next(model.parameters()).device
         criteria = [
             nn.ModuleList(ReconstructionCriterion(dim, **self.criterion_cfg)
@@ -214,13 +233,14 @@ class FeatUpPretrainHook(Hook):
                            f'of {self.images_per_step} images x {self.num_jitters} views')
         for step in range(1, self.steps + 1):
             batch = next(images)
+            optimizer.zero_grad()
+            # the mean over targets, backpropagated view by view (one view's graph at a time)
             loss = sum(
                 multiview_reconstruction_loss(batch, target.features, target.upsample,
                                               target.reconstructed, criterion,
-                                              self.num_jitters, self.max_pad, self.max_zoom)
+                                              self.num_jitters, self.max_pad, self.max_zoom,
+                                              backward_weight=1 / len(targets))
                 for target, criterion in zip(targets, criteria)) / len(targets)
-            optimizer.zero_grad()
-            loss.backward()
             if world_size > 1:
                 for param in params:
                     if param.grad is not None:
@@ -278,11 +298,19 @@ class FeatUpPretrainHook(Hook):
         if not is_main_process():
             return
         state_dict = {k: v for target in targets for k, v in target.state_dict().items()}
+        model = runner.model.module if is_model_wrapper(runner.model) else runner.model
         meta = dict(steps=self.steps, losses=self.losses, targets=[t.name for t in targets],
+                    backbone=backbone_record(model.backbone, *self._backbone_source(runner)),
                     **self.criterion_cfg)
         path = self._path(runner)
         torch.save({'state_dict': state_dict, 'meta': {'featup_pretrain': meta}}, path)
         runner.logger.info(f'FeatUp pretraining: upsampler weights saved to {path}')
+
+    @staticmethod
+    def _backbone_source(runner):
+        """The backbone's config and the run's load_from, which name its weights."""
+        cfg = runner.cfg
+        return cfg.get('model', {}).get('backbone'), cfg.get('load_from') or cfg.get('resume')
 
     def _path(self, runner) -> Path:
         return Path(runner.work_dir) / self.checkpoint_name

@@ -30,6 +30,8 @@ class JBUNeck(ImageGuidedUpsampler):
             'softmax').
         feature_norm: apply FeatUp's channel LayerNorm before upsampling.
         init_cfg: mmengine init config.
+        frozen: keep the neck in eval mode without gradients (a pretrained upsampler
+            under a linear probe).
     """
     requires_image = True
 
@@ -44,13 +46,14 @@ class JBUNeck(ImageGuidedUpsampler):
                  radius: int = 3,
                  range_kernel: str = 'softmax',
                  feature_norm: bool = False,
-                 init_cfg=None):
+                 init_cfg=None,
+                 frozen: bool = False):
         check_built_by_guided_segmentor(type(self).__name__)
         if isinstance(in_index, bool) or not isinstance(in_index, int):
             raise ValueError(f'JBUNeck: in_index must be the index (int) of a backbone output, '
                              f'got {in_index!r}')
         super().__init__(in_channels, out_stride, output_size, scale_factor, num_stages,
-                         key_dim, radius, range_kernel, feature_norm, init_cfg)
+                         key_dim, radius, range_kernel, feature_norm, init_cfg, frozen=frozen)
         self.in_index = in_index
 
     def forward(self, inputs: Sequence[Tensor], image: Tensor) -> Tuple[Tensor, ...]:

@@ -9,6 +9,8 @@ from mmseg.models.segmentors import EncoderDecoder
 from mmseg.registry import MODELS
 from torch import Tensor
 
+from ...layers.jbu_stage import recording
+from ..backbone_record import check_backbone_record
 from ..image_guidance import guided_segmentor_build
 
 
@@ -95,11 +97,21 @@ class GuidedEncoderDecoder(EncoderDecoder):
                 'output_upsampler for this head')
 
     def extract_feat(self, inputs: Tensor) -> List[Tensor]:
+        self.check_trained_backbone()
         x = self.backbone(inputs)
         if self.with_neck:
             x = self.neck(x, inputs) if getattr(self.neck, 'requires_image', False) \
                 else self.neck(x)
         return x
+
+    def check_trained_backbone(self) -> None:
+        """Once per loaded upsampler checkpoint, when the weights are final (after
+        init_cfg, load_from and tools' checkpoints): warns if the neck's upsampler was
+        pretrained with another backbone."""
+        record = getattr(self.neck, 'trained_backbone', None) if self.with_neck else None
+        if record is not None and not recording():
+            self.neck.trained_backbone = None
+            check_backbone_record(self.backbone, record)
 
     def loss(self, inputs: Tensor, data_samples) -> dict:
         with self._guiding_image(inputs):
