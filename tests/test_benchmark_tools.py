@@ -41,6 +41,22 @@ def test_benchmark_jbu_head_reports_ratios():
     assert f'jbu-before: {ROOT}' in out, out
 
 
+def test_benchmark_pretraining_reports_ratios():
+    # the baseline from a given built tree (this one): the default exports and builds the
+    # default commit first, minutes the smoke test does not need
+    result = subprocess.run([sys.executable, str(ROOT / 'tools' / 'benchmark_pretraining.py'),
+                             '--quick', '--baseline-tree', str(ROOT)],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    for case in ('step', 'implicit'):
+        for tree in ('baseline', 'current'):
+            assert re.search(rf'{case}\s+{tree}(\s+[\d.]+){{3}}(\s+-?\d+){{2}}\n', out), out
+        assert re.search(rf'{case}\s+[\d.]+x\s+[\d.]+x\s+([\d.]+x|-)\s+([\d.]+x|-)\s+'
+                         r'speed-up [\d.]+x', out), out
+    assert f'baseline: {ROOT}' in out, out
+
+
 def test_benchmark_upsamplers_reports_every_method():
     # One thread: the smoke test checks the tables, not speed, and a thread pool on a
     # busy 2-core machine waits on its descheduled threads.

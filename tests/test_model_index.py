@@ -11,7 +11,9 @@ from mmseg.registry import MODELS
 
 import featup_mmseg.plugin  # noqa: F401
 
-CONFIGS = sorted(path.relative_to(ROOT).as_posix() for path in (ROOT / 'configs').rglob('*.py'))
+# every config but the shared parts under configs/_base_ (OpenMMLab's layout)
+CONFIGS = sorted(path.relative_to(ROOT).as_posix() for path in (ROOT / 'configs').rglob('*.py')
+                 if '_base_' not in path.parts)
 
 
 def _metafiles():

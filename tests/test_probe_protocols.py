@@ -242,6 +242,25 @@ def test_every_probe_config_is_listed_and_names_its_dataset():
         assert cfg.model.backbone.frozen and cfg.model.neck.frozen, path.name
 
 
+@pytest.mark.parametrize('path', [p for p in CONFIGS if 'bilinear' in p.name],
+                         ids=lambda p: p.stem)
+def test_configs_score_their_centre_crop(path, coco_root):
+    """The test pipeline crops image and label alike and makes the crop the image mmseg
+    resizes its predictions to (its ori_shape)."""
+    pipeline = copy.deepcopy(_config(path).test_dataloader.dataset.pipeline)
+    crop = next(step for step in pipeline if step['type'] == 'CenterCrop')
+    crop['crop_size'] = (48, 40)  # mmcv's (width, height)
+    size = (40, 48)
+    next(step for step in pipeline if step['type'] == 'ResizeShortestEdge')['scale'] = 56
+    dataset = DATASETS.build(dict(
+        type='COCOStuff27Dataset', data_root=str(coco_root), ann_file=CURATED,
+        data_prefix=dict(img_path='images/train2017', seg_map_path='annotations/train2017'),
+        pipeline=pipeline))
+    sample = dataset[0]['data_samples']
+    assert sample.ori_shape == size and sample.gt_sem_seg.data.shape[-2:] == size
+    assert sample.img_shape == size
+
+
 @pytest.mark.parametrize('path', CONFIGS, ids=[p.stem for p in CONFIGS])
 def test_config_trains_only_its_probe(path, coco_root, tmp_path):
     torch.manual_seed(0)

@@ -98,7 +98,7 @@ def scale_to_budget(shape, budget_bytes):
 # ----------------------------------------------------------------------------------------
 # measurement
 
-def _proc_status_kib(field):
+def proc_status_kib(field):
     with open('/proc/self/status') as f:
         for line in f:
             if line.startswith(field + ':'):
@@ -138,9 +138,9 @@ def peak_extra_mib(device, fn):
         return (torch.cuda.max_memory_allocated() - base) / 2**20
     with open('/proc/self/clear_refs', 'w') as f:
         f.write('5')  # reset the peak resident set to the current one
-    base = _proc_status_kib('VmRSS')
+    base = proc_status_kib('VmRSS')
     fn()
-    return (_proc_status_kib('VmHWM') - base) / 1024
+    return (proc_status_kib('VmHWM') - base) / 1024
 
 
 def measure(name, shape, impl, device, repeats):

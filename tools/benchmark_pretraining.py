@@ -36,7 +36,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from benchmark_jbu_head import LIVE_TENSORS_ENV, before_tree
-from benchmark_ops import _proc_status_kib, memory_ratio
+from benchmark_ops import memory_ratio, proc_status_kib
 
 ROOT = Path(__file__).resolve().parents[1]
 BASELINE = 'd0d51af'
@@ -71,14 +71,14 @@ class StepClock:
     def start(self):
         with open('/proc/self/clear_refs', 'w') as f:
             f.write('5')  # reset the peak resident set to the current one
-        self.base_kib = _proc_status_kib('VmRSS')
+        self.base_kib = proc_status_kib('VmRSS')
         self.mark()
 
     def mark(self):
         self.marks.append((time.perf_counter(), self.backbone_s))
 
     def result(self):
-        peak_mib = (_proc_status_kib('VmHWM') - self.base_kib) / 1024
+        peak_mib = (proc_status_kib('VmHWM') - self.base_kib) / 1024
         steps = [(t1 - t0, b1 - b0) for (t0, b0), (t1, b1) in zip(self.marks, self.marks[1:])]
         timed = steps[1:] or steps  # the first step warms up
         total = statistics.median(s for s, _ in timed)

@@ -1,18 +1,6 @@
 # JAFAR's linear-probe protocol (also AnyUp's and NAF's), FeatUp row: published
-# 56.06 mIoU on Cityscapes (19 classes) (JAFAR paper, "FeatUp").
-# FeatUp's JBU stack for DINOv2 ViT-S/14 (dinov2_jbu_stack_cocostuff.ckpt, converted with
-# tools/convert_featup_checkpoint.py; it includes FeatUp's feature norm), frozen, lifts
-# 32 x 32 to 448 x 448 in four stages.
+# 56.06 mIoU on Cityscapes (19 classes) (JAFAR paper, "FeatUp"), with FeatUp's JBU stack as
+# the frozen neck (configs/_base_/models/: featup_jbu_neck).
 _base_ = ['./dinov2-vit-s14_bilinear_linear-probe_cityscapes-448x448.py']
 
-model = dict(
-    neck=dict(
-        _delete_=True,
-        type='JBUNeck',
-        in_channels=384,
-        in_index=-1,
-        out_stride=1,
-        num_stages=4,
-        feature_norm=True,
-        frozen=True,
-        init_cfg=dict(type='Pretrained', checkpoint='pretrain/featup_dinov2_jbu.pth')))
+model = dict(neck={{_base_.featup_jbu_neck}})

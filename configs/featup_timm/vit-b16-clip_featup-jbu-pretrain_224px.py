@@ -2,22 +2,13 @@
 # (14 x 14 -> 224 x 224, 768 channels), with CLIP's own image normalisation. Weights:
 # model.safetensors of https://huggingface.co/timm/vit_base_patch16_clip_224.openai, saved
 # as the checkpoint below.
-_base_ = ['./vit-s14-dinov2_featup-jbu-pretrain_448px.py']
+_base_ = ['./vit-s16-dino_featup-jbu-pretrain_224px.py']  # its size and pipeline
 
-image_size = (224, 224)
 model = dict(
     data_preprocessor=dict(
-        size=image_size, mean=[122.771, 116.746, 104.094], std=[68.501, 66.632, 70.323]),
+        mean=[122.771, 116.746, 104.094], std=[68.501, 66.632, 70.323]),
     backbone=dict(
         model_name='vit_base_patch16_clip_224.openai',
-        img_size=image_size,
         checkpoint='pretrain/vit_base_patch16_clip_224.openai.safetensors'),
     neck=dict(in_channels=768),
     decode_head=dict(in_channels=768, channels=768))
-train_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='RandomResize', scale=(2 * 224, 224), ratio_range=(1.0, 1.0), keep_ratio=True),
-    dict(type='RandomCrop', crop_size=image_size),
-    dict(type='PackSegInputs')
-]
-train_dataloader = dict(dataset=dict(pipeline=train_pipeline))
