@@ -45,18 +45,39 @@ def test_jitter_matches_interpolate_in_float32():
     torch.testing.assert_close(jitter(x), padded_zoomed_crop(x, jitter), rtol=0, atol=2e-6)
 
 
+def unfolded_windows(x, kernel_size, output_size):
+    """(B, C, k*k, h, w): the windows as their definition reads, unfolded, the extra ones
+    dropped."""
+    stride, grid = window_grid(x.shape[-2:], output_size, kernel_size)
+    windows = F.unfold(x, kernel_size, stride=stride).view(*x.shape[:2], kernel_size**2, *grid)
+    return windows[..., :output_size[0], :output_size[1]]
+
+
+def attention_downsample(downsampler, features, output_size):
+    """The attention downsampler as its definition reads: attention_net (dropout, linear)
+    on the pixels, softmax over each unfolded window of w * saliency + b, the weighted sum
+    of the unfolded feature windows."""
+    kernel_size = downsampler.kernel_size
+    saliency = downsampler.attention_net(features.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+    logits = unfolded_windows(saliency, kernel_size, output_size)[:, 0]
+    weights = torch.softmax(logits * downsampler.w.reshape(1, -1, 1, 1) +
+                            downsampler.b.reshape(1, -1, 1, 1), dim=1)
+    return torch.einsum('bcphw,bphw->bchw', unfolded_windows(features, kernel_size, output_size),
+                        weights)
+
+
 @pytest.mark.parametrize('input_size, output_size, kernel_size', [
     ((50, 37), (7, 5), 7), ((64, 48), (4, 3), 16), ((33, 40), (1, 3), 5)])
+@pytest.mark.parametrize('training', [False, True])
 def test_attention_downsampler_equals_the_unfolded_windows(input_size, output_size,
-                                                           kernel_size):
+                                                           kernel_size, training):
     torch.manual_seed(0)
-    downsampler = AttentionDownsampler(6, kernel_size).double().eval()
+    downsampler = AttentionDownsampler(6, kernel_size).double().train(training)
     features = torch.randn(2, 6, *input_size, dtype=torch.float64, requires_grad=True)
-    stride, grid = window_grid(input_size, output_size, kernel_size)
-    windows = F.unfold(features, kernel_size, stride=stride).view(2, 6, kernel_size**2, *grid)
-    windows = windows[..., :output_size[0], :output_size[1]]
-    expected = torch.einsum('bcphw,bphw->bchw', windows,
-                            downsampler.attention(features, output_size))
+    # in training, both draw the same dropout mask from the same seed
+    torch.manual_seed(1)
+    expected = attention_downsample(downsampler, features, output_size)
+    torch.manual_seed(1)
     out = downsampler(features, output_size)
     torch.testing.assert_close(out, expected, rtol=0, atol=1e-12)
     grad = torch.randn_like(out)
@@ -64,6 +85,20 @@ def test_attention_downsampler_equals_the_unfolded_windows(input_size, output_si
     for ours, reference in zip(torch.autograd.grad(out, inputs, grad),
                                torch.autograd.grad(expected, inputs, grad)):
         torch.testing.assert_close(ours, reference, rtol=0, atol=1e-12)
+
+
+def test_attention_downsampler_training_draws_the_dropout_of_its_definition():
+    # channels-last features (as the views are) still get the mask nn.Dropout draws for
+    # (B, C, H, W)-contiguous ones; the dropout must act (the eval output differs)
+    torch.manual_seed(0)
+    downsampler = AttentionDownsampler(5, 4).double()
+    features = torch.randn(1, 5, 12, 10, dtype=torch.float64)
+    torch.manual_seed(2)
+    expected = attention_downsample(downsampler, features, (3, 3))
+    torch.manual_seed(2)
+    out = downsampler(features.contiguous(memory_format=torch.channels_last), (3, 3))
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-12)
+    assert not torch.allclose(out, downsampler.eval()(features, (3, 3)))
 
 
 def test_view_by_view_backward_gives_the_loss_and_gradients_of_the_whole():

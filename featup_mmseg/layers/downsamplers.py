@@ -40,48 +40,111 @@ def windows(x: torch.Tensor, kernel_size: int, output_size: Sequence[int]) -> to
     return patches.view(batch, channels, kernel_size**2, *output_size)
 
 
-def _window_taps(pixels: torch.Tensor, stride: Sequence[int], output_size: Sequence[int],
-                 kernel_size: int):
-    """Yields (tap index, (B, h, w, C) strided view of ``pixels`` (B, H, W, C) at that tap
-    of every window), for the k*k taps in unfold's row-major order."""
-    span = [(n - 1) * s + 1 for n, s in zip(output_size, stride)]
-    for tap_y in range(kernel_size):
-        for tap_x in range(kernel_size):
-            yield tap_y * kernel_size + tap_x, pixels[:, tap_y:tap_y + span[0]:stride[0],
-                                                      tap_x:tap_x + span[1]:stride[1]]
+def _band_taps(band: torch.Tensor, kernel_size: int, stride: int) -> torch.Tensor:
+    """(B, w, k, k) view of the k x k taps of each window in a contiguous (B, w, k*W) band:
+    window j's tap (ty, tx) sits at column ty * W + j * stride + tx of its row."""
+    batch, out_width, length = band.shape
+    return band.as_strided((batch, out_width, kernel_size, kernel_size),
+                           (out_width * length, length + stride, length // kernel_size, 1),
+                           band.storage_offset())
+
+
+def _row_band(weights: torch.Tensor, row: int, kernel_size: int, stride: int,
+              width: int) -> torch.Tensor:
+    """(B, w, k*W): the weights (B, k*k, h, w) of output row ``row``'s windows, each where
+    its taps fall in the k input rows (of width W, flattened) the row covers; zero elsewhere."""
+    batch, _, _, out_width = weights.shape
+    band = weights.new_zeros(batch, out_width, kernel_size * width)
+    _band_taps(band, kernel_size, stride).copy_(
+        weights[:, :, row].unflatten(1, (kernel_size, kernel_size)).permute(0, 3, 1, 2))
+    return band
+
+
+def _row_pixels(pixels: torch.Tensor, row: int, stride: int, kernel_size: int) -> torch.Tensor:
+    """(B, k*W, C) view of the k rows of contiguous (B, H, W, C) ``pixels`` under output
+    row ``row``."""
+    batch, _, width, channels = pixels.shape
+    return pixels[:, row * stride:row * stride + kernel_size].view(
+        batch, kernel_size * width, channels)
 
 
 class _WindowWeightedSum(torch.autograd.Function):
     """out[b, i, j] = sum_p pixels[b, window (i, j) at tap p] * weights[b, p, i, j].
 
-    The same sum as weighting the unfolded windows (B, C, k*k, h, w), tap by tap over
-    channels-last pixels: no unfolded copy of the features, and each tap reads whole
-    pixels (C contiguous values)."""
+    The same sum as weighting the unfolded windows (B, C, k*k, h, w), one output row at a
+    time as a matrix product: the k input rows under output row i are contiguous in
+    channels-last pixels (B, H, W, C), a (k*W, C) matrix without a copy, and the row's
+    window weights placed in a (w, k*W) band (:func:`_row_band`) map it to the row's
+    (w, C) output. The backward is the two matching products per row."""
 
     @staticmethod
     def forward(ctx, pixels, weights, stride, kernel_size):
-        output_size = weights.shape[-2:]
-        out = pixels.new_zeros(pixels.shape[0], *output_size, pixels.shape[-1])
-        for tap, values in _window_taps(pixels, stride, output_size, kernel_size):
-            out.addcmul_(values, weights[:, tap, :, :, None])
+        batch, _, width, channels = pixels.shape
+        out_height, out_width = weights.shape[-2:]
+        out = pixels.new_empty(out_height, batch, out_width, channels)
+        for row in range(out_height):
+            torch.bmm(_row_band(weights, row, kernel_size, stride[1], width),
+                      _row_pixels(pixels, row, stride[0], kernel_size), out=out[row])
         ctx.save_for_backward(pixels, weights)
         ctx.stride, ctx.kernel_size = stride, kernel_size
-        return out
+        return out.permute(1, 0, 2, 3)
 
     @staticmethod
     def backward(ctx, grad_out):
         pixels, weights = ctx.saved_tensors
-        output_size = weights.shape[-2:]
+        stride, kernel_size = ctx.stride, ctx.kernel_size
+        width = pixels.shape[2]
         grad_pixels = torch.zeros_like(pixels) if ctx.needs_input_grad[0] else None
         grad_weights = torch.empty_like(weights) if ctx.needs_input_grad[1] else None
-        grad_taps = _window_taps(grad_pixels, ctx.stride, output_size, ctx.kernel_size) \
-            if grad_pixels is not None else None
-        for tap, values in _window_taps(pixels, ctx.stride, output_size, ctx.kernel_size):
-            if grad_taps is not None:
-                next(grad_taps)[1].addcmul_(grad_out, weights[:, tap, :, :, None])
+        for row in range(weights.shape[-2]):
+            grad_row = grad_out[:, row]
             if grad_weights is not None:
-                grad_weights[:, tap] = torch.linalg.vecdot(grad_out, values)
+                grad_band = torch.bmm(
+                    grad_row, _row_pixels(pixels, row, stride[0], kernel_size).transpose(1, 2))
+                grad_weights[:, :, row] = _band_taps(grad_band, kernel_size,
+                                                     stride[1]).permute(0, 2, 3, 1).flatten(1, 2)
+            if grad_pixels is not None:
+                # consecutive rows' windows overlap where kernel_size > stride: accumulate
+                _row_pixels(grad_pixels, row, stride[0], kernel_size).baddbmm_(
+                    _row_band(weights, row, kernel_size, stride[1], width).transpose(1, 2),
+                    grad_row)
         return grad_pixels, grad_weights, None, None
+
+
+class _DroppedLinear(torch.autograd.Function):
+    """linear(dropout(x)) to one output of channels-last pixels (..., C), the kept entries
+    given as a bool mask and the dropout's 1 / (1 - p) folded into the weight: neither a
+    float mask nor the dropped features are stored, and they are formed in chunks of
+    pixels."""
+
+    CHUNK = 1 << 16  # pixels at a time
+
+    @staticmethod
+    def forward(ctx, pixels, keep, weight, bias):
+        flat_pixels, flat_keep = pixels.flatten(0, -2), keep.flatten(0, -2)
+        out = pixels.new_empty(flat_pixels.shape[0], 1)
+        for start in range(0, flat_pixels.shape[0], _DroppedLinear.CHUNK):
+            chunk = slice(start, start + _DroppedLinear.CHUNK)
+            torch.addmm(bias, flat_pixels[chunk] * flat_keep[chunk], weight.T, out=out[chunk])
+        ctx.save_for_backward(pixels, keep, weight)
+        return out.view(*pixels.shape[:-1], 1)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        pixels, keep, weight = ctx.saved_tensors
+        grad_flat = grad_out.reshape(-1, 1)
+        grad_pixels = grad_weight = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            grad_pixels = (grad_out * weight.view(-1)) * keep
+        if ctx.needs_input_grad[2]:
+            flat_pixels, flat_keep = pixels.flatten(0, -2), keep.flatten(0, -2)
+            grad_weight = weight.new_zeros(weight.shape)
+            for start in range(0, flat_pixels.shape[0], _DroppedLinear.CHUNK):
+                chunk = slice(start, start + _DroppedLinear.CHUNK)
+                grad_weight.addmm_(grad_flat[chunk].T, flat_pixels[chunk] * flat_keep[chunk])
+        if ctx.needs_input_grad[3]:
+            grad_bias = grad_flat.sum(0)
+        return grad_pixels, None, grad_weight, grad_bias
 
 
 class SimpleDownsampler(nn.Module):
@@ -127,10 +190,24 @@ class AttentionDownsampler(nn.Module):
 
     def _attention(self, pixels: torch.Tensor, output_size: Sequence[int]) -> torch.Tensor:
         """:meth:`attention` of channels-last (B, H, W, C) features."""
-        saliency = self.attention_net(pixels).permute(0, 3, 1, 2)
+        saliency = self._saliency(pixels).permute(0, 3, 1, 2)
         logits = windows(saliency, self.kernel_size, output_size)[:, 0]
         logits = logits * self.w.reshape(1, -1, 1, 1) + self.b.reshape(1, -1, 1, 1)
         return torch.softmax(logits, dim=1)
+
+    def _saliency(self, pixels: torch.Tensor) -> torch.Tensor:
+        """``attention_net`` of channels-last (B, H, W, C) features: (B, H, W, 1). In
+        training, the dropout's mask is a bool tensor drawn from the same random numbers,
+        in the same (B, C, H, W) order, as ``nn.Dropout`` on (B, C, H, W)-contiguous
+        features draws its own."""
+        dropout, linear = self.attention_net
+        if not self.training or dropout.p == 0:
+            return linear(pixels)
+        batch, height, width, channels = pixels.shape
+        keep = torch.empty((batch, channels, height, width), dtype=torch.bool,
+                           device=pixels.device).bernoulli_(1 - dropout.p)
+        keep = keep.permute(0, 2, 3, 1).contiguous()
+        return _DroppedLinear.apply(pixels, keep, linear.weight / (1 - dropout.p), linear.bias)
 
     def forward(self, features: torch.Tensor, output_size: Sequence[int]) -> torch.Tensor:
         stride, _ = window_grid(features.shape[-2:], output_size, self.kernel_size)

@@ -88,13 +88,14 @@ class Jitter:
                second: Optional[torch.Tensor], first_weight: Optional[torch.Tensor],
                second_weight: Optional[torch.Tensor]) -> torch.Tensor:
         """x's entries ``first`` along ``dim``, or their blend with ``second`` by the weights."""
-        index = (slice(None), ) * dim
+        # index_select: its gradient is an index_add, far cheaper on CPU than the
+        # accumulating index_put of advanced indexing
         if second is None:
-            return x[index + (first, )]
+            return x.index_select(dim, first)
         shape = [1] * x.dim()
         shape[dim] = -1
-        return x[index + (first, )] * first_weight.view(shape) + \
-            x[index + (second, )] * second_weight.view(shape)
+        return x.index_select(dim, first) * first_weight.view(shape) + \
+            x.index_select(dim, second) * second_weight.view(shape)
 
 
 def check_view_arguments(owner: str, max_pad: int, max_zoom: float) -> None:
