@@ -12,7 +12,7 @@ from torch import Tensor
 
 from ...layers import stage_sizes
 from ...layers.argument_checks import check_int
-from ..image_guidance import check_built_by_guided_segmentor
+from ..image_guidance import backbone_level, check_built_by_guided_segmentor
 from ..image_guided_upsampler import Freezable
 from ..upsamplers import build_guided_upsampler, is_interpolation, upsampler_type
 
@@ -87,17 +87,7 @@ class FeatureUpsamplingNeck(Freezable, BaseModule):
 
     def select(self, inputs: Sequence[Tensor]) -> Tensor:
         """The backbone level this neck upsamples."""
-        name = type(self).__name__
-        try:
-            features = inputs[self.in_index]
-        except IndexError:
-            raise ValueError(f'{name}: in_index {self.in_index} is out of range for a backbone '
-                             f'with {len(inputs)} outputs') from None
-        if features.shape[1] != self.in_channels:
-            raise ValueError(
-                f'{name}: backbone output {self.in_index} has {features.shape[1]} channels but '
-                f'in_channels={self.in_channels}; set neck.in_channels={features.shape[1]}')
-        return features
+        return backbone_level(type(self).__name__, inputs, self.in_index, self.in_channels)
 
     def upsample(self, features: Tensor, image: Tensor) -> Tensor:
         """``features`` at ``ceil(image size / out_stride)``, guided by ``image``."""

@@ -4,7 +4,7 @@ from typing import Optional, Sequence, Tuple, Union
 from mmseg.registry import MODELS
 from torch import Tensor
 
-from ..image_guidance import check_built_by_guided_segmentor
+from ..image_guidance import backbone_level, check_built_by_guided_segmentor
 from ..image_guided_upsampler import ImageGuidedUpsampler
 
 
@@ -63,14 +63,4 @@ class JBUNeck(ImageGuidedUpsampler):
 
     def select(self, inputs: Sequence[Tensor]) -> Tensor:
         """The backbone level this neck upsamples, channel-normalised if configured."""
-        try:
-            features = inputs[self.in_index]
-        except IndexError:
-            raise ValueError(f'JBUNeck: in_index {self.in_index} is out of range for a '
-                             f'backbone with {len(inputs)} outputs') from None
-        if features.shape[1] != self.in_channels:
-            raise ValueError(
-                f'JBUNeck: backbone output {self.in_index} has {features.shape[1]} channels '
-                f'but in_channels={self.in_channels}; set neck.in_channels='
-                f'{features.shape[1]}')
-        return self.normalise(features)
+        return self.normalise(backbone_level('JBUNeck', inputs, self.in_index, self.in_channels))
