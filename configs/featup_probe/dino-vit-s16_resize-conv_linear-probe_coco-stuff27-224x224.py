@@ -3,9 +3,10 @@
 # pooled to its size as FeatUp stacks its baselines; featup_mmseg's ResizeConv is the
 # Table 2 one (bilinear resize + conv), FeatUp's Table 1 variant also concatenates the
 # pooled image and adds a residual. Pretrain the
-# stack with FeatUp's multi-view objective: tools/pretrain_upsampler.py <this config>
-# (its FeatUpPretrainHook setting is FeatUp's), then point model.neck.init_cfg at
-# work_dirs/<this config>/featup_pretrained_upsampler.pth (below: pretrain/...).
+# stack with FeatUp's multi-view objective (paper settings):
+#   python tools/pretrain_upsampler.py <this config> \
+#       --cfg-options model.neck.frozen=False model.neck.init_cfg=None
+# and move work_dirs/<this config>/featup_pretrained_upsampler.pth to the path below.
 _base_ = ['./dino-vit-s16_bilinear_linear-probe_coco-stuff27-224x224.py']
 
 model = dict(

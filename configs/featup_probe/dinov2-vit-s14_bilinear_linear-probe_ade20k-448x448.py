@@ -12,6 +12,9 @@ _base_ = [
 ]
 
 model = dict(decode_head=dict(num_classes=150))
-train_dataloader = dict(batch_size=2, dataset=dict(pipeline={{_base_.probe_train_pipeline}}))
+train_dataloader = dict(
+    batch_size=2,
+    sampler=dict(type='DefaultSampler', shuffle=True),  # epochs, not mmseg's infinite sampler
+    dataset=dict(pipeline={{_base_.probe_train_pipeline}}))
 val_dataloader = dict(batch_size=1, dataset=dict(pipeline={{_base_.probe_test_pipeline}}))
 test_dataloader = val_dataloader

@@ -12,6 +12,7 @@ _base_ = [
 
 train_dataloader = dict(
     batch_size=2,
+    sampler=dict(type='DefaultSampler', shuffle=True),  # epochs, not mmseg's infinite sampler
     dataset=dict(
         type='COCOStuff27Dataset',
         ann_file='curated/train2017/Coco164kFull_Stuff_Coarse.txt',
