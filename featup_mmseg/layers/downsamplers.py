@@ -4,6 +4,7 @@ Both slide a k x k window over the high-res map with the stride that lands on th
 grid, (H - k) // (h - 1) per dimension as in FeatUp; where that stride overshoots, the
 windows beyond the target size are dropped.
 """
+import functools
 from typing import Sequence, Tuple
 
 import torch
@@ -147,6 +148,31 @@ class _DroppedLinear(torch.autograd.Function):
         return grad_pixels, None, grad_weight, grad_bias
 
 
+@functools.lru_cache(maxsize=None)
+def _dropout_draws_in_memory_order(device: torch.device) -> bool:
+    """Whether ``F.dropout`` of a permuted (B, C, H, W)-contiguous tensor draws its mask in
+    memory order (torch 2.13) or in the view's logical order (torch 2.1), asked of this torch
+    on ``device`` once with the generator's state restored, so no random number is used."""
+    if device.type == 'cuda':
+        generator = torch.cuda.default_generators[device.index
+                                                  if device.index is not None
+                                                  else torch.cuda.current_device()]
+    elif device.type == 'cpu':
+        generator = torch.default_generator
+    else:
+        return True
+    state = generator.get_state()
+    try:
+        probe = torch.ones(1, 4, 4, 4, device=device).permute(0, 2, 3, 1)
+        kept = F.dropout(probe, 0.5, training=True) != 0
+        generator.set_state(state)
+        in_memory_order = torch.empty(1, 4, 4, 4, dtype=torch.bool, device=device)
+        in_memory_order = in_memory_order.bernoulli_(0.5).permute(0, 2, 3, 1)
+    finally:
+        generator.set_state(state)
+    return torch.equal(kept, in_memory_order)
+
+
 class SimpleDownsampler(nn.Module):
     """Depthwise convolution with one learned k x k kernel, normalised to ``|w| / sum |w|``."""
 
@@ -198,15 +224,21 @@ class AttentionDownsampler(nn.Module):
     def _saliency(self, pixels: torch.Tensor) -> torch.Tensor:
         """``attention_net`` of channels-last (B, H, W, C) features: (B, H, W, 1). In
         training, the dropout's mask is a bool tensor drawn from the same random numbers,
-        in the same (B, C, H, W) order, as ``nn.Dropout`` on (B, C, H, W)-contiguous
-        features draws its own."""
+        in the same order, as ``nn.Dropout`` draws its own for the permuted
+        (B, C, H, W)-contiguous features of the definition (an order that changed between
+        torch versions)."""
         dropout, linear = self.attention_net
         if not self.training or dropout.p == 0:
             return linear(pixels)
         batch, height, width, channels = pixels.shape
-        keep = torch.empty((batch, channels, height, width), dtype=torch.bool,
-                           device=pixels.device).bernoulli_(1 - dropout.p)
-        keep = keep.permute(0, 2, 3, 1).contiguous()
+        if _dropout_draws_in_memory_order(pixels.device):
+            keep = torch.empty((batch, channels, height, width), dtype=torch.bool,
+                               device=pixels.device).bernoulli_(1 - dropout.p)
+            keep = keep.permute(0, 2, 3, 1).contiguous()
+        else:
+            keep = torch.empty_like(pixels, dtype=torch.bool,
+                                    memory_format=torch.contiguous_format)
+            keep = keep.bernoulli_(1 - dropout.p)
         return _DroppedLinear.apply(pixels, keep, linear.weight / (1 - dropout.p), linear.bias)
 
     def forward(self, features: torch.Tensor, output_size: Sequence[int]) -> torch.Tensor:
