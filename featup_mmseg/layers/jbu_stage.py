@@ -105,7 +105,13 @@ class _ResidualProduct(torch.autograd.Function):
         x, weight = ctx.saved_tensors
         grad_x = grad_weight = None
         if ctx.needs_input_grad[0]:
-            grad_x = torch.baddbmm(grad, weight.transpose(1, 2), grad)
+            if grad.stride(1) == 1 and grad.stride(2) == grad.shape[1]:
+                # a channels-last gradient (FeatUp's pretraining views are): as its
+                # contiguous (B, N, C) transpose, not through a strided copy
+                grad_t = grad.transpose(1, 2)
+                grad_x = torch.baddbmm(grad_t, grad_t, weight).transpose(1, 2)
+            else:
+                grad_x = torch.baddbmm(grad, weight.transpose(1, 2), grad)
         if ctx.needs_input_grad[1]:
             grad_weight = torch.bmm(grad, x.transpose(1, 2))
         return grad_x, grad_weight
