@@ -421,10 +421,12 @@ def test_training_stage_never_keeps_the_resized_features():
     assert source.grad.shape == source.shape
 
 
+@pytest.mark.parametrize('grad_layout', [torch.contiguous_format, torch.channels_last])
 @pytest.mark.parametrize('training', [False, True])
-def test_residual_conv1x1_is_dropout_conv_and_sum(training):
-    """x + 0.1 * Conv2d(Dropout2d(x)): values and gradients, the dropout masks included
-    (the same RNG state draws the same channels)."""
+def test_residual_conv1x1_is_dropout_conv_and_sum(training, grad_layout):
+    """x + 0.1 * Conv2d(Dropout2d(x)): values and gradients (of either layout: pretraining's
+    views backpropagate channels-last ones), the dropout masks included (the same RNG
+    state draws the same channels)."""
     dropout, conv = torch.nn.Dropout2d(0.5), torch.nn.Conv2d(6, 6, 1).double()
     dropout.train(training)
     x = torch.randn(3, 6, 4, 5, dtype=torch.float64, requires_grad=True)
@@ -433,7 +435,7 @@ def test_residual_conv1x1_is_dropout_conv_and_sum(training):
     torch.manual_seed(1)
     want = x + 0.1 * conv(dropout(x))
     torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
-    grad = torch.randn_like(want)
+    grad = torch.randn_like(want).contiguous(memory_format=grad_layout)
     inputs = (x, conv.weight, conv.bias)
     for g, w in zip(torch.autograd.grad(got, inputs, grad), torch.autograd.grad(want, inputs, grad)):
         torch.testing.assert_close(g, w, rtol=0, atol=1e-12)

@@ -38,6 +38,24 @@ def test_jitter_equals_pad_zoom_crop_and_its_gradient(jitter, channels_last):
                                torch.autograd.grad(expected, x, grad)[0], rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize('zoom', [1.0, 1.6])
+def test_jitter_gathers_line_by_line_as_full_size(zoom):
+    # CPU gathers line by line, accelerators as full-size index_select: the same view
+    jitter = Jitter(pad=4, zoom=zoom, top=3, left=5, flip=True)
+    x = torch.randn(2, 3, 11, 9, dtype=torch.float64, requires_grad=True)
+    grad = torch.randn(2, 3, 11, 9, dtype=torch.float64)
+    views = []
+    for line_by_line in (True, False):
+        view = x
+        for dim, side, offset, flip in ((2, 11, jitter.top, False),
+                                        (3, 9, jitter.left, jitter.flip)):
+            view = Jitter._blend(view, dim, *jitter._taps(side, offset, flip, x),
+                                 line_by_line=line_by_line)
+        views.append((view, torch.autograd.grad(view, x, grad)[0]))
+    for line, full in zip(*views):
+        torch.testing.assert_close(line, full, rtol=0, atol=1e-12)
+
+
 def test_jitter_matches_interpolate_in_float32():
     # the source coordinates are rounded as F.interpolate's, so float32 differs by round-off
     x = torch.randn(1, 3, 97, 61)

@@ -87,9 +87,11 @@ class Jitter:
     @staticmethod
     def _blend(x: torch.Tensor, dim: int, first: torch.Tensor,
                second: Optional[torch.Tensor], first_weight: Optional[torch.Tensor],
-               second_weight: Optional[torch.Tensor]) -> torch.Tensor:
-        """x's entries ``first`` along ``dim``, or their blend with ``second`` by the weights."""
-        if x.device.type == 'cpu':
+               second_weight: Optional[torch.Tensor],
+               line_by_line: Optional[bool] = None) -> torch.Tensor:
+        """x's entries ``first`` along ``dim``, or their blend with ``second`` by the weights;
+        line by line (:class:`_LineBlend`, by default on CPU) or as full-size gathers."""
+        if line_by_line if line_by_line is not None else x.device.type == 'cpu':
             return _LineBlend.apply(x, dim, *(None if taps is None else taps.tolist()
                                               for taps in (first, second, first_weight,
                                                            second_weight)))
