@@ -117,6 +117,23 @@ def test_pretraining_warns_of_a_random_backbone_and_records_the_backbone(pretrai
     assert record['fingerprint'] == backbone_fingerprint(backbone)
 
 
+def test_a_resumed_run_records_the_checkpoint_it_resumes_from(tmp_path):
+    # resume=True without load_from: mmengine resumes from the work_dir's latest checkpoint
+    from types import SimpleNamespace
+
+    from featup_mmseg.engine import FeatUpPretrainHook
+    backbone = dict(type='VisionTransformer')
+    runner = SimpleNamespace(work_dir=str(tmp_path),
+                             cfg=Config(dict(model=dict(backbone=backbone), resume=True)))
+    assert FeatUpPretrainHook._backbone_source(runner) == (backbone, None)
+    (tmp_path / 'iter_4.pth').write_bytes(b'')
+    (tmp_path / 'last_checkpoint').write_text(str(tmp_path / 'iter_4.pth'))
+    assert FeatUpPretrainHook._backbone_source(runner) == (backbone,
+                                                           str(tmp_path / 'iter_4.pth'))
+    runner.cfg.load_from = 'model.pth'
+    assert FeatUpPretrainHook._backbone_source(runner) == (backbone, 'model.pth')
+
+
 def test_a_neck_pretrained_with_another_backbone_warns_at_the_first_forward(pretrained):
     config, root, _ = pretrained
     cfg = Config.fromfile(config)

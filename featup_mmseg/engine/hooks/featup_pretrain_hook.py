@@ -11,6 +11,7 @@ from mmengine.dist import get_world_size, is_main_process
 from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 from mmengine.registry import OPTIMIZERS
+from mmengine.runner import find_latest_checkpoint
 from mmseg.registry import HOOKS
 
 from ...file_checks import check_output_file
@@ -308,9 +309,13 @@ class FeatUpPretrainHook(Hook):
 
     @staticmethod
     def _backbone_source(runner):
-        """The backbone's config and the run's load_from, which name its weights."""
+        """The backbone's config and the checkpoint the run loads, which name its weights."""
         cfg = runner.cfg
-        return cfg.get('model', {}).get('backbone'), cfg.get('load_from') or cfg.get('resume')
+        load_from = cfg.get('load_from')
+        if not load_from and cfg.get('resume') is True:
+            # mmengine resumes from the latest checkpoint in the work_dir, if there is one
+            load_from = find_latest_checkpoint(runner.work_dir)
+        return cfg.get('model', {}).get('backbone'), load_from
 
     def _path(self, runner) -> Path:
         return Path(runner.work_dir) / self.checkpoint_name
