@@ -422,16 +422,18 @@ def test_training_stage_never_keeps_the_resized_features():
 
 
 @pytest.mark.parametrize('grad_layout', [torch.contiguous_format, torch.channels_last])
+@pytest.mark.parametrize('out_layout', [torch.contiguous_format, torch.channels_last])
 @pytest.mark.parametrize('training', [False, True])
-def test_residual_conv1x1_is_dropout_conv_and_sum(training, grad_layout):
-    """x + 0.1 * Conv2d(Dropout2d(x)): values and gradients (of either layout: pretraining's
-    views backpropagate channels-last ones), the dropout masks included (the same RNG
-    state draws the same channels)."""
+def test_residual_conv1x1_is_dropout_conv_and_sum(training, out_layout, grad_layout):
+    """x + 0.1 * Conv2d(Dropout2d(x)): values and gradients, in either output layout and
+    for gradients of either layout (pretraining's views backpropagate channels-last ones),
+    the dropout masks included (the same RNG state draws the same channels)."""
     dropout, conv = torch.nn.Dropout2d(0.5), torch.nn.Conv2d(6, 6, 1).double()
     dropout.train(training)
     x = torch.randn(3, 6, 4, 5, dtype=torch.float64, requires_grad=True)
     torch.manual_seed(1)
-    got = residual_conv1x1(x, dropout, conv, 0.1)
+    got = residual_conv1x1(x, dropout, conv, 0.1, memory_format=out_layout)
+    assert got.is_contiguous(memory_format=out_layout)
     torch.manual_seed(1)
     want = x + 0.1 * conv(dropout(x))
     torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
@@ -442,8 +444,23 @@ def test_residual_conv1x1_is_dropout_conv_and_sum(training, grad_layout):
     if training:  # the masks did drop channels, so the comparison covered them
         assert not torch.allclose(want, x + 0.1 * conv(x))
     else:  # its own backward is differentiable
-        assert torch.autograd.gradgradcheck(lambda t: residual_conv1x1(t, dropout, conv, 0.1),
-                                            (x,))
+        assert torch.autograd.gradgradcheck(
+            lambda t: residual_conv1x1(t, dropout, conv, 0.1, memory_format=out_layout), (x,))
+
+
+def test_stack_writes_either_layout_with_the_same_values_and_gradients():
+    stack = JBUStack(5, num_stages=2).double()
+    source = torch.randn(2, 5, 4, 3, dtype=torch.float64, requires_grad=True)
+    image = torch.randn(2, 3, 16, 12, dtype=torch.float64)
+    grad = torch.randn(2, 5, 16, 12, dtype=torch.float64)
+    results = []
+    for layout in (torch.contiguous_format, torch.channels_last):
+        torch.manual_seed(0)  # the same dropout masks
+        out = stack(source, image, memory_format=layout)
+        assert out.is_contiguous(memory_format=layout)
+        results.append((out, *torch.autograd.grad(out, [source, *stack.parameters()], grad)))
+    for contiguous, channels_last in zip(*results):
+        torch.testing.assert_close(channels_last, contiguous, rtol=0, atol=1e-12)
 
 
 def test_stack_trains_like_the_spec_with_dropout():

@@ -95,9 +95,12 @@ class JBUStack(nn.Module):
         return size
 
     def forward(self, source: torch.Tensor, guidance: torch.Tensor,
-                output_size: Optional[Size] = None,
-                scale_factor: Optional[float] = None) -> torch.Tensor:
-        """Upsamples source (B, C, h, w) guided by guidance (B, Cg, H, W), e.g. the image."""
+                output_size: Optional[Size] = None, scale_factor: Optional[float] = None,
+                memory_format: torch.memory_format = torch.contiguous_format
+                ) -> torch.Tensor:
+        """Upsamples source (B, C, h, w) guided by guidance (B, Cg, H, W), e.g. the image,
+        into a tensor of ``memory_format`` (contiguous or channels-last: the fixup's product
+        writes either layout at no extra cost)."""
         if source.dim() != 4 or source.shape[1] != self.feat_dim or min(source.shape[-2:]) < 1:
             raise ValueError(f'JBUStack: source must be (B, {self.feat_dim}, h, w) with h, w >= '
                              f'1, got {tuple(source.shape)}')
@@ -114,4 +117,5 @@ class JBUStack(nn.Module):
         features = source
         for stage, stage_size in zip(self.stages, sizes):
             features = stage(features, average_pool(guidance, stage_size))
-        return residual_conv1x1(features, *self.fixup_proj, scale=0.1)
+        return residual_conv1x1(features, *self.fixup_proj, scale=0.1,
+                                memory_format=memory_format)

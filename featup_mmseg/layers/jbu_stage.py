@@ -60,8 +60,9 @@ def conv1x1(x: torch.Tensor, weight: torch.Tensor, bias=None) -> torch.Tensor:
     return out.view(batch, -1, height, width)
 
 
-def residual_conv1x1(x: torch.Tensor, dropout: nn.Dropout2d, conv: nn.Conv2d,
-                     scale: float) -> torch.Tensor:
+def residual_conv1x1(x: torch.Tensor, dropout: nn.Dropout2d, conv: nn.Conv2d, scale: float,
+                     memory_format: torch.memory_format = torch.contiguous_format
+                     ) -> torch.Tensor:
     """``x + scale * conv(dropout(x))`` for a 1x1 ``conv``, as one batched matrix product
     accumulated onto ``x``.
 
@@ -73,15 +74,25 @@ def residual_conv1x1(x: torch.Tensor, dropout: nn.Dropout2d, conv: nn.Conv2d,
     W @ (m * x) = (W * m) @ x, drawn with the same call on the same (B, C, 1, 1) shape as
     Dropout2d, so the same RNG state gives the same mask. Under autocast the plain form
     runs: the product would round the residual ``x`` too.
+
+    ``memory_format=torch.channels_last`` gives a channels-last result with the
+    transposition done by the matrix product (which reads its operands transposed for
+    free) rather than by a copy, in the forward and in the backward, whose gradient is
+    then (B, C, H, W)-contiguous again: the residual folds into the weight, (I + W) @ x.
     """
     if autocast_enabled(x.device.type) or torch.jit.is_tracing():
-        return x + scale * conv(dropout(x))
+        return (x + scale * conv(dropout(x))).contiguous(memory_format=memory_format)
     batch, channels, height, width = x.shape
     weight = (scale * conv.weight.reshape(-1, channels)).expand(batch, -1, -1)
     if dropout.training and dropout.p > 0:
         mask = F.dropout2d(x.new_ones(batch, channels, 1, 1), dropout.p, training=True)
         weight = weight * mask.view(batch, 1, channels)
-    out = _ResidualProduct.apply(x.reshape(batch, channels, height * width), weight)
+    flat = x.reshape(batch, channels, height * width)
+    if memory_format == torch.channels_last:
+        identity = torch.eye(channels, dtype=weight.dtype, device=weight.device)
+        out = _TransposedProduct.apply(flat, weight + identity)
+    else:
+        out = _ResidualProduct.apply(flat, weight)
     if conv.bias is not None:
         out.add_(scale * conv.bias[:, None])
     return out.view(batch, -1, height, width)
@@ -105,13 +116,34 @@ class _ResidualProduct(torch.autograd.Function):
         x, weight = ctx.saved_tensors
         grad_x = grad_weight = None
         if ctx.needs_input_grad[0]:
-            if grad.stride(1) == 1 and grad.stride(2) == grad.shape[1]:
-                # a channels-last gradient (FeatUp's pretraining views are): as its
-                # contiguous (B, N, C) transpose, not through a strided copy
-                grad_t = grad.transpose(1, 2)
-                grad_x = torch.baddbmm(grad_t, grad_t, weight).transpose(1, 2)
-            else:
-                grad_x = torch.baddbmm(grad, weight.transpose(1, 2), grad)
+            grad_x = torch.baddbmm(grad, weight.transpose(1, 2), grad)
+        if ctx.needs_input_grad[1]:
+            grad_weight = torch.bmm(grad, x.transpose(1, 2))
+        return grad_x, grad_weight
+
+
+class _TransposedProduct(torch.autograd.Function):
+    """weight @ x for x (B, C, N) and weight (B, C, C), computed as its (B, N, C)-contiguous
+    transpose: a (B, C, N) view with channels-last strides. Its gradient for x is
+    (B, C, N)-contiguous whatever the layout of the incoming gradient. Made of
+    differentiable products: gradients of any order."""
+
+    @staticmethod
+    def forward(ctx, x, weight):
+        ctx.save_for_backward(x, weight)
+        batch, channels, length = x.shape
+        # not a view of the product's result: the caller adds the bias in place
+        out = torch.empty_strided((batch, channels, length), (channels * length, 1, channels),
+                                  dtype=x.dtype, device=x.device)
+        torch.bmm(x.transpose(1, 2), weight.transpose(1, 2), out=out.transpose(1, 2))
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        grad_x = grad_weight = None
+        if ctx.needs_input_grad[0]:
+            grad_x = torch.bmm(weight.transpose(1, 2), grad)
         if ctx.needs_input_grad[1]:
             grad_weight = torch.bmm(grad, x.transpose(1, 2))
         return grad_x, grad_weight

@@ -277,6 +277,7 @@ def multiview_reconstruction_loss(images: torch.Tensor, features: FeaturesFn,
     with torch.no_grad():
         low_res = features(images)
     # channels-last: the views gather whole pixels, which the downsampler takes as they are
+    # (no copy where the upsampler returns them so)
     high_res = [(hr if hr.shape[-2:] == (height, width) else F.interpolate(
         hr, (height, width), mode='bilinear', align_corners=False)).contiguous(
             memory_format=torch.channels_last) for hr in upsample(low_res, images)]

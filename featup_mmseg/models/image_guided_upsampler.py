@@ -6,6 +6,7 @@ from typing import Optional, Sequence, Tuple, Union
 
 from mmengine.model import BaseModule
 from mmengine.runner.checkpoint import CheckpointLoader
+import torch
 from torch import Tensor
 
 from ..layers import ChannelNorm, JBUStack, load_state_dict_strict, stage_sizes
@@ -100,14 +101,17 @@ class ImageGuidedUpsampler(Freezable, BaseModule):
         """The features, channel-normalised if configured."""
         return self.norm(features) if hasattr(self, 'norm') else features
 
-    def upsample(self, features: Tensor, image: Tensor) -> Tensor:
-        """Upsamples features to the configured size, guided by the image."""
+    def upsample(self, features: Tensor, image: Tensor,
+                 memory_format: torch.memory_format = torch.contiguous_format) -> Tensor:
+        """Upsamples features to the configured size, guided by the image, into a tensor
+        of ``memory_format``."""
         image_size = tuple(int(n) for n in image.shape[-2:])
         input_size = tuple(int(n) for n in features.shape[-2:])
         output_size = tuple(self._output_side(dim, image_size[dim], input_size[dim])
                             for dim in range(2))
         self._check_stage_sizes(image_size, input_size, output_size)
-        return self.upsampler(features, image, output_size=output_size)
+        return self.upsampler(features, image, output_size=output_size,
+                              memory_format=memory_format)
 
     def _output_side(self, dim: int, image_side: int, input_side: int) -> int:
         """The output height (dim 0) or width (dim 1) for these image and level sides."""

@@ -70,7 +70,8 @@ def find_targets(model: nn.Module, target: str) -> List[PretrainTarget]:
             return [neck.select(model.backbone(images))]
 
         def neck_upsample(maps, images):
-            return [neck.upsample(maps[0], images)]
+            # channels-last, as the views and the downsampler read the features
+            return [neck.upsample(maps[0], images, memory_format=torch.channels_last)]
 
         targets.append(PretrainTarget('neck', neck.upsampler, neck, 'neck.', [neck.in_channels],
                                       neck_features, neck_upsample, [0]))

@@ -4,6 +4,7 @@ FeatUp's JBU stack (:class:`JBUNeck`) with."""
 import math
 from typing import Sequence, Tuple
 
+import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from mmengine.model import BaseModule
@@ -89,10 +90,12 @@ class FeatureUpsamplingNeck(Freezable, BaseModule):
         """The backbone level this neck upsamples."""
         return backbone_level(type(self).__name__, inputs, self.in_index, self.in_channels)
 
-    def upsample(self, features: Tensor, image: Tensor) -> Tensor:
-        """``features`` at ``ceil(image size / out_stride)``, guided by ``image``."""
+    def upsample(self, features: Tensor, image: Tensor,
+                 memory_format: torch.memory_format = torch.contiguous_format) -> Tensor:
+        """``features`` at ``ceil(image size / out_stride)``, guided by ``image``, in a
+        tensor of ``memory_format``."""
         output_size = tuple(math.ceil(int(side) / self.out_stride) for side in image.shape[-2:])
         sizes = stage_sizes(tuple(features.shape[-2:]), output_size, len(self.upsampler))
         for stage, size in zip(self.upsampler, sizes):
             features = stage(features, F.adaptive_avg_pool2d(image, size))
-        return features
+        return features.contiguous(memory_format=memory_format)
