@@ -1,6 +1,7 @@
-// Registers the window ops, the neighbourhood attention ops and the bicubic resize with the PyTorch dispatcher (schemas, CPU and CUDA kernels)
-// and makes featup_mmseg._ext an importable Python module. Fake (meta) kernels and
-// autograd formulas are registered from Python in featup_mmseg/ops/window_ops.py.
+// Registers the window ops, the neighbourhood attention ops and the bicubic resize with the
+// PyTorch dispatcher (schemas, CPU and CUDA kernels) and makes featup_mmseg._ext an
+// importable Python module. Fake (meta) kernels and autograd formulas are registered from
+// Python in featup_mmseg/ops/window_ops.py.
 #include <torch/extension.h>
 #include <torch/library.h>
 

@@ -640,8 +640,9 @@ def _adaptive_conv_featup_layout(x_padded: torch.Tensor, kernel: torch.Tensor) -
 # registration: derivative rules written once, over the compiled ops
 #
 # Every window and neighbourhood attention op is bilinear in its two tensor inputs, and the
-# derivative of each one is again a combination of the ops of its family, so the rules below give gradients of any order on both
-# registration paths (forward, backward, double backward, ...).
+# derivative of each one is again a combination of the ops of its family, so the rules below
+# give gradients of any order on both registration paths (forward, backward, double
+# backward, ...).
 
 def _window_correlation_vjp(ops, grad, needs, keys, kernel_size, padding_mode):
     return (ops.window_correlation_backward(grad, keys, kernel_size, padding_mode),)
