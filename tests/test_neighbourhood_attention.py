@@ -93,13 +93,52 @@ def test_shift_is_natten_on_upsampled_maps(low, high, kernel_size, dilation):
         torch.testing.assert_close(got, want, **EXACT)
 
 
+def test_masked_clamp_is_anyup_window_attention():
+    """AnyUp's windowed attention: each query attends to the low-res cells whose rows
+    (columns) overlap [p - ratio, p + ratio] * h, p its pixel centre in [0, 1], cut at the
+    borders. For ratio * h = k // 2, border 'clamp' with its border-repeating taps masked."""
+    low, high, kernel_size = (5, 5), (7, 12), 3
+    ratio = (kernel_size // 2) / low[0]
+    queries, keys, values, _ = _inputs(2, 3, low, high, kernel_size, **F64)
+
+    def overlapping(size, input_size):  # (size, input_size): the cells each query keeps
+        centres = (torch.arange(size, **F64) + 0.5) / size
+        first = ((centres - ratio).clamp(0, 1) * input_size).floor()
+        end = ((centres + ratio).clamp(0, 1) * input_size).ceil()
+        cells = torch.arange(input_size, **F64)
+        return (cells >= first.unsqueeze(1)) & (cells < end.unsqueeze(1))
+
+    keep = overlapping(high[0], low[0])[:, None, :, None] & \
+        overlapping(high[1], low[1])[None, :, None, :]  # (H, W, h, w)
+    logits = torch.einsum('ndyx,ndij->nyxij', queries, keys).masked_fill(~keep, float('-inf'))
+    weights = logits.flatten(3).softmax(-1).view_as(logits)
+    expected = torch.einsum('nyxij,ncij->ncyx', weights, values)
+
+    def inside(size, input_size):  # (size, k): whether a tap's unclamped index is in the map
+        cells = _nearest_exact_cells(size, input_size).unsqueeze(1)
+        unclamped = cells + torch.arange(kernel_size) - kernel_size // 2
+        return (unclamped >= 0) & (unclamped < input_size)
+
+    taps_inside = (inside(high[0], low[0])[:, :, None, None] &
+                   inside(high[1], low[1]).T[None, None, :, :])  # (H, k_y, k_x, W)
+    taps_inside = taps_inside.permute(1, 2, 0, 3).reshape(kernel_size**2, *high)
+    scores = neighbourhood_attention_scores(queries, keys, kernel_size, 1, 'clamp')
+    attn = scores.masked_fill(~taps_inside, float('-inf')).softmax(1)
+    out = neighbourhood_attention_aggregate(attn, values, 1, 'clamp')
+    torch.testing.assert_close(out, expected, **EXACT)
+
+
+def _nearest_exact_cells(size, input_size):
+    """(size,) the low-res cell F.interpolate's 'nearest-exact' gives each query index."""
+    return F.interpolate(torch.arange(input_size, **F64).view(1, 1, input_size, 1),
+                         (size, 1), mode='nearest-exact').view(-1).long()
+
+
 def _shift_rows(size, input_size, kernel_size, dilation):
     """(size, k) low-res rows of border 'shift': NATTEN's neighbourhood of each query's
     nearest-exact cell on the low-res map."""
-    cells = F.interpolate(torch.arange(input_size, **F64).view(1, 1, input_size, 1),
-                          (size, 1), mode='nearest-exact').view(-1).long()
     return torch.tensor([_natten_neighbours(int(c), input_size, kernel_size, dilation)
-                         for c in cells])
+                         for c in _nearest_exact_cells(size, input_size)])
 
 
 def _defined_windows(x, size, kernel_size, dilation, border):
