@@ -96,6 +96,7 @@ def make_extension():
     from torch.utils.cpp_extension import CUDA_HOME, CppExtension, CUDAExtension
 
     sources = ['csrc/bindings.cpp', 'csrc/window_ops.cpp', 'csrc/cpu/window_ops_cpu.cpp',
+               'csrc/neighbourhood_attention.cpp', 'csrc/cpu/neighbourhood_attention_cpu.cpp',
                'csrc/bicubic_resize.cpp', 'csrc/cpu/bicubic_resize_cpu.cpp']
     # -fopenmp: at::parallel_for only runs in parallel when the caller is built with OpenMP.
     extra_compile_args = {'cxx': ['-O3', '-fopenmp']}
@@ -108,8 +109,9 @@ def make_extension():
                                               if _toolkit_major(CUDA_HOME) >= 13
                                               else DEFAULT_CUDA_ARCH_LIST)
     extra_compile_args['nvcc'] = ['-O3', '-lineinfo']
-    return CUDAExtension('featup_mmseg._ext', sources + ['csrc/cuda/window_ops_cuda.cu',
-                                                            'csrc/cuda/bicubic_resize_cuda.cu'],
+    cuda_sources = ['csrc/cuda/window_ops_cuda.cu', 'csrc/cuda/neighbourhood_attention_cuda.cu',
+                    'csrc/cuda/bicubic_resize_cuda.cu']
+    return CUDAExtension('featup_mmseg._ext', sources + cuda_sources,
                          define_macros=[('WITH_CUDA', None)],
                          extra_compile_args=extra_compile_args, **kwargs)
 

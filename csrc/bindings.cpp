@@ -1,10 +1,12 @@
-// Registers the window ops and the bicubic resize with the PyTorch dispatcher (schemas, CPU and CUDA kernels)
-// and makes featup_mmseg._ext an importable Python module. Fake (meta) kernels and
-// autograd formulas are registered from Python in featup_mmseg/ops/window_ops.py.
+// Registers the window ops, the neighbourhood attention ops and the bicubic resize with the
+// PyTorch dispatcher (schemas, CPU and CUDA kernels) and makes featup_mmseg._ext an
+// importable Python module. Fake (meta) kernels and autograd formulas are registered from
+// Python in featup_mmseg/ops/window_ops.py.
 #include <torch/extension.h>
 #include <torch/library.h>
 
 #include "bicubic_resize.h"
+#include "neighbourhood_attention.h"
 #include "window_ops.h"
 
 TORCH_LIBRARY(featup_mmseg, m) {
@@ -24,6 +26,15 @@ TORCH_LIBRARY(featup_mmseg, m) {
   m.def(
       "adaptive_conv_backward_kernel_out(Tensor grad, Tensor features, int kernel_size,"
       " str padding_mode, Tensor(a!) out, bool accumulate) -> ()");
+  m.def(
+      "neighbourhood_attention_scores(Tensor queries, Tensor keys, int kernel_size, int dilation,"
+      " str border) -> Tensor");
+  m.def(
+      "neighbourhood_attention_aggregate(Tensor attn, Tensor values, int dilation, str border)"
+      " -> Tensor");
+  m.def(
+      "neighbourhood_attention_transpose(Tensor attn, Tensor features, int[2] input_size,"
+      " int dilation, str border) -> Tensor");
   m.def("bicubic_resize(Tensor x, int[2] size) -> Tensor");
   m.def("bicubic_resize_backward(Tensor grad, int[2] input_size) -> Tensor");
 }
@@ -36,6 +47,9 @@ TORCH_LIBRARY(featup_mmseg, m) {
   m.impl("adaptive_conv_backward_kernel", &featup_mmseg::adaptive_conv_backward_kernel); \
   m.impl("adaptive_conv_out", &featup_mmseg::adaptive_conv_out);                         \
   m.impl("adaptive_conv_backward_kernel_out", &featup_mmseg::adaptive_conv_backward_kernel_out); \
+  m.impl("neighbourhood_attention_scores", &featup_mmseg::neighbourhood_attention_scores); \
+  m.impl("neighbourhood_attention_aggregate", &featup_mmseg::neighbourhood_attention_aggregate); \
+  m.impl("neighbourhood_attention_transpose", &featup_mmseg::neighbourhood_attention_transpose); \
   m.impl("bicubic_resize", &featup_mmseg::bicubic_resize);                               \
   m.impl("bicubic_resize_backward", &featup_mmseg::bicubic_resize_backward)
 

@@ -8,7 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from featup_mmseg.ops import PADDING_MODES, adaptive_conv_reference, window_correlation_reference
+from featup_mmseg.ops import (PADDING_MODES, adaptive_conv_reference,
+                              neighbourhood_attention_aggregate_reference,
+                              neighbourhood_attention_scores_reference,
+                              neighbourhood_attention_transpose_reference,
+                              window_correlation_reference)
 
 ROOT = Path(__file__).resolve().parents[1]
 MODES = {'zeros': 0, 'reflect': 1, 'replicate': 2}  # featup_mmseg::PaddingMode
@@ -23,7 +27,8 @@ def host_kernels(tmp_path_factory):
     subprocess.run([
         compiler, '-O1', '-shared', '-fPIC', '-std=c++17', f'-I{ROOT / "csrc"}',
         str(ROOT / 'tests' / 'csrc' / 'window_elements_host.cpp'),
-        str(ROOT / 'tests' / 'csrc' / 'bicubic_elements_host.cpp'), '-o', str(library)
+        str(ROOT / 'tests' / 'csrc' / 'bicubic_elements_host.cpp'),
+        str(ROOT / 'tests' / 'csrc' / 'neighbourhood_elements_host.cpp'), '-o', str(library)
     ], check=True)
     return ctypes.CDLL(str(library))
 
@@ -111,4 +116,32 @@ def test_bicubic_resize_element_math_matches_pytorch(host_kernels, sizes):
         getattr(host_kernels, name)(pointer(source.data_ptr()), pointer(got.data_ptr()),
                                     size(got.numel()), size(in_height), size(in_width),
                                     size(out_height), size(out_width))
+        torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12, msg=name)
+
+
+@pytest.mark.parametrize('border, low, high, kernel_size, dilation', [
+    ('shift', (4, 5), (7, 11), 3, 1), ('shift', (7, 6), (10, 13), 3, 2),
+    ('clamp', (2, 5), (5, 3), 3, 2), ('clamp', (3, 4), (9, 8), 2, 1)], ids=str)
+def test_neighbourhood_element_math_matches_reference(host_kernels, border, low, high,
+                                                      kernel_size, dilation):
+    batch, channels = 2, 3
+    queries = torch.randn(batch, channels, *high, dtype=torch.float64)
+    keys = torch.randn(batch, channels, *low, dtype=torch.float64)
+    attn = torch.randn(batch, kernel_size**2, *high, dtype=torch.float64)
+    checks = {
+        'neighbourhood_scores': (queries, keys, neighbourhood_attention_scores_reference(
+            queries, keys, kernel_size, dilation, border)),
+        'neighbourhood_aggregate': (attn, keys, neighbourhood_attention_aggregate_reference(
+            attn, keys, dilation, border)),
+        'neighbourhood_transpose': (attn, queries, neighbourhood_attention_transpose_reference(
+            attn, queries, low, dilation, border)),
+    }
+    size = ctypes.c_int64
+    for name, (lhs, rhs, expected) in checks.items():
+        got = torch.empty_like(expected)
+        getattr(host_kernels, name)(
+            ctypes.c_void_p(lhs.data_ptr()), ctypes.c_void_p(rhs.data_ptr()),
+            ctypes.c_void_p(got.data_ptr()), size(got.numel()), size(channels), size(high[0]),
+            size(high[1]), size(low[0]), size(low[1]), size(kernel_size), size(dilation),
+            ctypes.c_int({'shift': 0, 'clamp': 1}[border]))
         torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12, msg=name)

@@ -1,16 +1,25 @@
-"""Window ops and the bicubic resize of featup_mmseg: compiled kernels with a pure-PyTorch
-reference fallback."""
+"""Window ops, cross-scale neighbourhood attention ops and the bicubic resize of
+featup_mmseg: compiled kernels with a pure-PyTorch reference fallback."""
 from .reference import (adaptive_conv_reference, adaptive_conv_transpose_reference,
                         bicubic_resize_reference, bicubic_resize_transpose_reference,
+                        neighbourhood_attention_aggregate_reference,
+                        neighbourhood_attention_scores_reference,
+                        neighbourhood_attention_transpose_reference,
                         window_correlation_reference, window_cross_correlation_reference)
-from .window_ops import (PADDING_MODES, adaptive_conv, adaptive_conv_transpose, bicubic_resize,
-                         bicubic_resize_transpose, ext_available, use_reference_ops,
-                         window_correlation, window_cross_correlation)
+from .window_ops import (NEIGHBOURHOOD_BORDERS, PADDING_MODES, adaptive_conv,
+                         adaptive_conv_transpose, bicubic_resize, bicubic_resize_transpose,
+                         ext_available, neighbourhood_attention_aggregate,
+                         neighbourhood_attention_scores, neighbourhood_attention_transpose,
+                         use_reference_ops, window_correlation, window_cross_correlation)
 
 __all__ = [
-    'PADDING_MODES', 'adaptive_conv', 'adaptive_conv_reference', 'adaptive_conv_transpose',
-    'adaptive_conv_transpose_reference', 'bicubic_resize', 'bicubic_resize_reference',
-    'bicubic_resize_transpose', 'bicubic_resize_transpose_reference', 'ext_available',
-    'use_reference_ops', 'window_correlation', 'window_correlation_reference',
-    'window_cross_correlation', 'window_cross_correlation_reference'
+    'NEIGHBOURHOOD_BORDERS', 'PADDING_MODES', 'adaptive_conv', 'adaptive_conv_reference',
+    'adaptive_conv_transpose', 'adaptive_conv_transpose_reference', 'bicubic_resize',
+    'bicubic_resize_reference', 'bicubic_resize_transpose',
+    'bicubic_resize_transpose_reference', 'ext_available', 'neighbourhood_attention_aggregate',
+    'neighbourhood_attention_aggregate_reference', 'neighbourhood_attention_scores',
+    'neighbourhood_attention_scores_reference', 'neighbourhood_attention_transpose',
+    'neighbourhood_attention_transpose_reference', 'use_reference_ops', 'window_correlation',
+    'window_correlation_reference', 'window_cross_correlation',
+    'window_cross_correlation_reference'
 ]

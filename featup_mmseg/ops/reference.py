@@ -1,5 +1,6 @@
 """Pure-PyTorch reference of the window ops (FeatUp's adaptive convolution and its
-range-kernel correlation, paper section 3.2) and of the bicubic resize.
+range-kernel correlation, paper section 3.2), of the cross-scale neighbourhood attention
+ops and of the bicubic resize.
 
 Written the obvious way, with an explicit padded copy and ``F.unfold``: it is the test
 oracle for the compiled kernels and the fallback when ``featup_mmseg._ext`` is not built.
@@ -74,3 +75,65 @@ def bicubic_resize_transpose_reference(y: torch.Tensor, input_size) -> torch.Ten
     with torch.enable_grad():
         out = bicubic_resize_reference(x, y.shape[-2:])
     return torch.autograd.grad(out, x, y, create_graph=torch.is_grad_enabled())[0]
+
+
+def neighbourhood_sources(size: int, input_size: int, kernel_size: int, dilation: int,
+                          border: str, device=None) -> torch.Tensor:
+    """Source indices (size, k) along one axis of the neighbourhood attention window.
+
+    Query index y of ``size`` sits on low-res cell ``c = floor((y + 1/2) * input_size /
+    size)`` (nearest-exact). For border 'shift', tap t reads ``c % dilation + (s + t) *
+    dilation`` with ``s = clamp(c // dilation - k // 2, 0, L - k)``, L the number of cells of
+    c's residue class modulo dilation; for 'clamp', ``clamp(c + (t - k // 2) * dilation, 0,
+    input_size - 1)``.
+    """
+    cells = (2 * torch.arange(size, device=device) + 1) * input_size // (2 * size)
+    taps = torch.arange(kernel_size, device=device)
+    if border == 'shift':
+        residue = cells % dilation
+        class_size = (input_size - 1 - residue) // dilation + 1
+        start = torch.minimum((cells // dilation - kernel_size // 2).clamp(min=0),
+                              class_size - kernel_size)
+        return residue.unsqueeze(1) + (start.unsqueeze(1) + taps) * dilation
+    return (cells.unsqueeze(1) + (taps - kernel_size // 2) * dilation).clamp(0, input_size - 1)
+
+
+def neighbourhood_windows(x: torch.Tensor, size, kernel_size: int, dilation: int,
+                          border: str) -> torch.Tensor:
+    """The k x k window of low-res ``x`` (N, C, h, w) seen by every query of an (H, W) map,
+    as a (N, C, k*k, H, W) tensor (tap t = ty*k + tx)."""
+    batch, channels, height, width = x.shape
+    rows = neighbourhood_sources(size[0], height, kernel_size, dilation, border, x.device)
+    cols = neighbourhood_sources(size[1], width, kernel_size, dilation, border, x.device)
+    windows = x[:, :, rows][..., cols]  # (N, C, H, k, W, k)
+    return windows.permute(0, 1, 3, 5, 2, 4).reshape(batch, channels,
+                                                     kernel_size * kernel_size, *size)
+
+
+def neighbourhood_attention_scores_reference(queries: torch.Tensor, keys: torch.Tensor,
+                                             kernel_size: int, dilation: int = 1,
+                                             border: str = 'shift') -> torch.Tensor:
+    """scores[n, t, y, x] = sum_c queries[n, c, y, x] * keys[n, c, row(y, ty), col(x, tx)]."""
+    windows = neighbourhood_windows(keys, queries.shape[-2:], kernel_size, dilation, border)
+    return (windows * queries.unsqueeze(2)).sum(1)
+
+
+def neighbourhood_attention_aggregate_reference(attn: torch.Tensor, values: torch.Tensor,
+                                                dilation: int = 1,
+                                                border: str = 'shift') -> torch.Tensor:
+    """out[n, c, y, x] = sum_t attn[n, t, y, x] * values[n, c, row(y, ty), col(x, tx)]."""
+    kernel_size = math.isqrt(attn.shape[1])
+    windows = neighbourhood_windows(values, attn.shape[-2:], kernel_size, dilation, border)
+    return (windows * attn.unsqueeze(1)).sum(2)
+
+
+def neighbourhood_attention_transpose_reference(attn: torch.Tensor, features: torch.Tensor,
+                                                input_size, dilation: int = 1,
+                                                border: str = 'shift') -> torch.Tensor:
+    """The adjoint of neighbourhood_attention_aggregate_reference in its values, for values
+    of ``input_size`` (h, w), applied to ``features`` (N, C, H, W); differentiable in attn
+    and features under grad mode."""
+    values = features.new_zeros((*features.shape[:2], *input_size), requires_grad=True)
+    with torch.enable_grad():
+        out = neighbourhood_attention_aggregate_reference(attn, values, dilation, border)
+    return torch.autograd.grad(out, values, features, create_graph=torch.is_grad_enabled())[0]

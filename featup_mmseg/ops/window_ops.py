@@ -1,5 +1,6 @@
 """Python API of the window ops (FeatUp's adaptive convolution and its range-kernel
-correlation, paper section 3.2) and of the bicubic resize.
+correlation, paper section 3.2), of the cross-scale neighbourhood attention ops and of the
+bicubic resize.
 
 The compiled kernels live in ``featup_mmseg._ext`` and are registered with the PyTorch
 dispatcher as ``torch.ops.featup_mmseg.*``. Their autograd is chosen once, at import, by
@@ -28,9 +29,13 @@ import torch.nn.functional as F
 
 from .reference import (adaptive_conv_reference, adaptive_conv_transpose_reference,
                         bicubic_resize_reference, bicubic_resize_transpose_reference,
+                        neighbourhood_attention_aggregate_reference,
+                        neighbourhood_attention_scores_reference,
+                        neighbourhood_attention_transpose_reference,
                         window_correlation_reference, window_cross_correlation_reference)
 
 PADDING_MODES = ('reflect', 'zeros', 'replicate')
+NEIGHBOURHOOD_BORDERS = ('shift', 'clamp')
 # Set to 1 to run the compiled kernels behind torch.autograd.Function (the path taken on
 # torch < 2.4) instead of the dispatcher registrations, e.g. to test both on one stack.
 LEGACY_OPS_ENV = 'FEATUP_MMSEG_LEGACY_OPS'
@@ -432,6 +437,161 @@ def bicubic_resize_transpose(y: torch.Tensor, input_size) -> torch.Tensor:
     return bicubic_resize_transpose_reference(y, input_size)
 
 
+# ----------------------------------------------------------------------------------------
+# cross-scale neighbourhood attention
+
+def _check_positive_int(op: str, name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f'{op}: {name} must be an int >= 1, got {value!r}')
+
+
+def _check_neighbourhood(op: str, kernel_size, dilation, border, input_size) -> None:
+    """kernel_size, dilation and border for a low-res map of ``input_size`` (h, w)."""
+    _check_positive_int(op, 'kernel_size', kernel_size)
+    _check_positive_int(op, 'dilation', dilation)
+    if border not in NEIGHBOURHOOD_BORDERS:
+        raise ValueError(f'{op}: border must be one of {NEIGHBOURHOOD_BORDERS}, got {border!r}')
+    if input_size[0] < 1 or input_size[1] < 1:
+        raise ValueError(f'{op}: the low-res map must have a non-empty spatial size (h, w), '
+                         f'got {tuple(input_size)}')
+    extent = kernel_size * dilation
+    if border == 'shift' and (extent > input_size[0] or extent > input_size[1]):
+        raise ValueError(
+            f"{op}: border 'shift' needs kernel_size * dilation = {extent} <= the low-res "
+            f"map's height and width, got spatial size {tuple(input_size)}; use a "
+            "smaller kernel_size or dilation, or border='clamp'")
+
+
+def _check_attn(op: str, attn: torch.Tensor, other_name: str, other: torch.Tensor) -> int:
+    """attn (N, k*k, H, W) beside ``other`` (N, C, *, *): returns k."""
+    _check_map(op, 'attn', attn, '4-D (N, k*k, H, W)')
+    _check_map(op, other_name, other, '4-D (N, C, *, *)')
+    _check_same_place(op, other_name, other, 'attn', attn)
+    if other.shape[0] != attn.shape[0]:
+        raise ValueError(f'{op}: {other_name} must have batch size N = {attn.shape[0]} like '
+                         f'attn, got shape {tuple(other.shape)}')
+    kernel_size = math.isqrt(attn.shape[1])
+    if kernel_size < 1 or kernel_size * kernel_size != attn.shape[1]:
+        raise ValueError(f'{op}: attn must have k*k channels (1, 4, 9, ...), got shape '
+                         f'{tuple(attn.shape)}')
+    return kernel_size
+
+
+def neighbourhood_attention_scores(queries: torch.Tensor, keys: torch.Tensor,
+                                   kernel_size: int, dilation: int = 1,
+                                   border: str = 'shift') -> torch.Tensor:
+    """Dot products of high-res queries with the keys of their low-res k x k window.
+
+    ``scores[n, t, y, x] = sum_c queries[n, c, y, x] * keys[n, c, row(y, ty), col(x, tx)]``
+    for tap ``t = ty*k + tx``. Heads are folded into the batch by the caller; the softmax
+    and any position encoding stay outside.
+
+    Query row y sits on low-res row ``cy = floor((y + 1/2) * h / H)``, F.interpolate's
+    'nearest-exact' (with which NAF and AnyUp upsample keys and values), and with
+    ``d = dilation``:
+
+    - ``border='shift'``: NATTEN's neighbourhood on the low-res map. ``row(y, ty) = cy % d
+      + (s + ty) * d`` with ``s = clamp(cy // d - k // 2, 0, L - k)``, L the number of rows
+      of cy's residue class modulo d: k rows of that class, centred on cy and moved to stay
+      inside the map. Needs ``k * d <= h`` (and ``<= w``). For ``H = r * h`` with an integer
+      r, NATTEN with kernel k and dilation ``r * d`` on keys and values nearest-upsampled
+      to (H, W) (NAF's cross-scale attention, d = 1) reads exactly these cells: the
+      upsampled rows of y's class modulo ``r * d`` are the low-res rows of cy's class
+      modulo d, r times each. For a non-integer ratio (NAF's dilation is then H // h) NATTEN
+      reads cells that are no window of the low-res map.
+    - ``border='clamp'``: ``row(y, ty) = clamp(cy + (ty - k // 2) * d, 0, h - 1)``: taps
+      beyond a border repeat the border row. AnyUp's masked attention keeps the cells within
+      window_ratio of the query's pixel centre, cut at the borders; for ``window_ratio * h =
+      k // 2`` an integer and d = 1 those are the taps whose unclamped row lies inside the
+      map (a module masks the others before its softmax).
+
+    Columns alike, with x, w and W.
+
+    Args:
+        queries: (N, D, H, W), float32/float64/float16/bfloat16.
+        keys: (N, D, h, w), same dtype and device as ``queries``.
+        kernel_size: window size k >= 1.
+        dilation: step d >= 1 between the window's rows (columns).
+        border: 'shift' or 'clamp'.
+
+    Returns:
+        (N, k*k, H, W) tensor of the inputs' dtype.
+    """
+    op = 'neighbourhood_attention_scores'
+    _check_map(op, 'queries', queries, '4-D (N, D, H, W)')
+    _check_map(op, 'keys', keys, '4-D (N, D, h, w)')
+    _check_same_place(op, 'keys', keys, 'queries', queries)
+    if keys.shape[:2] != queries.shape[:2]:
+        raise ValueError(f'{op}: keys must have the batch size and channels (N, D) = '
+                         f'{tuple(queries.shape[:2])} of queries, got shape '
+                         f'{tuple(keys.shape)}')
+    _check_neighbourhood(op, kernel_size, dilation, border, keys.shape[2:])
+    _check_onnx_export(op, queries)
+    if _use_ext(queries.device):
+        return _compiled_ops.neighbourhood_attention_scores(queries, keys, kernel_size,
+                                                            dilation, border)
+    return neighbourhood_attention_scores_reference(queries, keys, kernel_size, dilation, border)
+
+
+def neighbourhood_attention_aggregate(attn: torch.Tensor, values: torch.Tensor,
+                                      dilation: int = 1, border: str = 'shift') -> torch.Tensor:
+    """Attention weights of high-res queries applied to the values of their low-res window.
+
+    ``out[n, c, y, x] = sum_t attn[n, t, y, x] * values[n, c, row(y, ty), col(x, tx)]``, the
+    window as in :func:`neighbourhood_attention_scores`.
+
+    Args:
+        attn: (N, k*k, H, W), float32/float64/float16/bfloat16.
+        values: (N, C, h, w), same dtype and device as ``attn``.
+        dilation: step between the window's cells, >= 1.
+        border: 'shift' or 'clamp'.
+
+    Returns:
+        (N, C, H, W) tensor of the inputs' dtype.
+    """
+    op = 'neighbourhood_attention_aggregate'
+    kernel_size = _check_attn(op, attn, 'values', values)
+    _check_neighbourhood(op, kernel_size, dilation, border, values.shape[2:])
+    _check_onnx_export(op, attn)
+    if _use_ext(attn.device):
+        return _compiled_ops.neighbourhood_attention_aggregate(attn, values, dilation, border)
+    return neighbourhood_attention_aggregate_reference(attn, values, dilation, border)
+
+
+def neighbourhood_attention_transpose(attn: torch.Tensor, features: torch.Tensor, input_size,
+                                      dilation: int = 1, border: str = 'shift') -> torch.Tensor:
+    """The adjoint (transpose) of :func:`neighbourhood_attention_aggregate` in its values.
+
+    ``<aggregate(attn, v), features> = <v, transpose(attn, features, v.shape[-2:])>`` for
+    every v: each high-res feature, weighted by its taps, is scattered back onto the
+    low-res cells its window reads. This is the values gradient of the aggregate and the
+    keys gradient of the scores.
+
+    Args:
+        attn: (N, k*k, H, W), float32/float64/float16/bfloat16.
+        features: (N, C, H, W), same dtype and device as ``attn``.
+        input_size: (h, w) of the low-res map, positive ints.
+        dilation: step between the window's cells, >= 1.
+        border: 'shift' or 'clamp'.
+
+    Returns:
+        (N, C, h, w) tensor of the inputs' dtype.
+    """
+    op = 'neighbourhood_attention_transpose'
+    kernel_size = _check_attn(op, attn, 'features', features)
+    if features.shape[2:] != attn.shape[2:]:
+        raise ValueError(f'{op}: features must have the spatial size (H, W) = '
+                         f'{tuple(attn.shape[2:])} of attn, got shape {tuple(features.shape)}')
+    input_size = _check_resize(op, 'features', features, 'input_size', input_size)
+    _check_neighbourhood(op, kernel_size, dilation, border, input_size)
+    _check_onnx_export(op, attn)
+    if _use_ext(attn.device):
+        return _compiled_ops.neighbourhood_attention_transpose(attn, features, input_size,
+                                                               dilation, border)
+    return neighbourhood_attention_transpose_reference(attn, features, input_size, dilation,
+                                                       border)
+
+
 def _check_resize(op: str, name: str, t: torch.Tensor, size_name: str, size) -> list:
     """``size`` as a list of two positive ints, and t's spatial size non-empty. Under
     torch.jit.trace, sizes read off tensors are 0-d integer tensors: kept as they are."""
@@ -477,11 +637,12 @@ def _adaptive_conv_featup_layout(x_padded: torch.Tensor, kernel: torch.Tensor) -
 
 
 # ----------------------------------------------------------------------------------------
-# registration: derivative rules written once, over the five compiled ops
+# registration: derivative rules written once, over the compiled ops
 #
-# Every op is bilinear in its two tensor inputs, and the derivative of each one is again a
-# combination of the five ops, so the rules below give gradients of any order on both
-# registration paths (forward, backward, double backward, ...).
+# Every window and neighbourhood attention op is bilinear in its two tensor inputs, and the
+# derivative of each one is again a combination of the ops of its family, so the rules below
+# give gradients of any order on both registration paths (forward, backward, double
+# backward, ...).
 
 def _window_correlation_vjp(ops, grad, needs, keys, kernel_size, padding_mode):
     return (ops.window_correlation_backward(grad, keys, kernel_size, padding_mode),)
@@ -535,6 +696,41 @@ def _adaptive_conv_backward_kernel_vjp(ops, grad, needs, grad_out, features, ker
     return grad_grad_out, grad_features
 
 
+def _neighbourhood_attention_scores_vjp(ops, grad, needs, queries, keys, kernel_size, dilation,
+                                        border):
+    grad_queries = grad_keys = None
+    if needs[0]:
+        grad_queries = ops.neighbourhood_attention_aggregate(grad, keys, dilation, border)
+    if needs[1]:
+        grad_keys = ops.neighbourhood_attention_transpose(grad, queries, list(keys.shape[-2:]),
+                                                          dilation, border)
+    return grad_queries, grad_keys
+
+
+def _neighbourhood_attention_aggregate_vjp(ops, grad, needs, attn, values, dilation, border):
+    grad_attn = grad_values = None
+    if needs[0]:
+        grad_attn = ops.neighbourhood_attention_scores(grad, values, math.isqrt(attn.shape[1]),
+                                                       dilation, border)
+    if needs[1]:
+        grad_values = ops.neighbourhood_attention_transpose(attn, grad, list(values.shape[-2:]),
+                                                            dilation, border)
+    return grad_attn, grad_values
+
+
+def _neighbourhood_attention_transpose_vjp(ops, grad, needs, attn, features, input_size,
+                                           dilation, border):
+    # <transpose(attn, features), grad> = <features, aggregate(attn, grad)>
+    #                                   = <attn, scores(features, grad)>
+    grad_attn = grad_features = None
+    if needs[0]:
+        grad_attn = ops.neighbourhood_attention_scores(features, grad, math.isqrt(attn.shape[1]),
+                                                       dilation, border)
+    if needs[1]:
+        grad_features = ops.neighbourhood_attention_aggregate(attn, grad, dilation, border)
+    return grad_attn, grad_features
+
+
 def _bicubic_resize_vjp(ops, grad, needs, input_size):
     return (ops.bicubic_resize_backward(grad, input_size),)
 
@@ -563,6 +759,11 @@ _OPS = {
     'adaptive_conv': (2, _adaptive_conv_vjp, _save_inputs),
     'adaptive_conv_backward_features': (2, _adaptive_conv_backward_features_vjp, _save_inputs),
     'adaptive_conv_backward_kernel': (2, _adaptive_conv_backward_kernel_vjp, _save_inputs),
+    'neighbourhood_attention_scores': (2, _neighbourhood_attention_scores_vjp, _save_inputs),
+    'neighbourhood_attention_aggregate': (2, _neighbourhood_attention_aggregate_vjp,
+                                          _save_inputs),
+    'neighbourhood_attention_transpose': (2, _neighbourhood_attention_transpose_vjp,
+                                          _save_inputs),
     'bicubic_resize': (1, _bicubic_resize_vjp, _save_input_size),
     'bicubic_resize_backward': (1, _bicubic_resize_backward_vjp, _save_input_size),
 }
@@ -593,6 +794,14 @@ def _register_fake_kernels() -> None:
         'adaptive_conv_backward_features': lambda grad, kernel, mode: keys_like(grad),
         'adaptive_conv_backward_kernel':
             lambda grad, features, kernel_size, mode: taps_like(features, kernel_size),
+        'neighbourhood_attention_scores':
+            lambda queries, keys, kernel_size, dilation, border: taps_like(queries, kernel_size),
+        'neighbourhood_attention_aggregate':
+            lambda attn, values, dilation, border: values.new_empty(
+                (*values.shape[:2], *attn.shape[2:])),
+        'neighbourhood_attention_transpose':
+            lambda attn, features, input_size, dilation, border: features.new_empty(
+                (*features.shape[:2], *input_size)),
         'bicubic_resize': lambda x, size: x.new_empty((*x.shape[:2], *size)),
         # the ops writing into a given tensor return nothing
         'adaptive_conv_out': lambda features, kernel, mode, out: None,
