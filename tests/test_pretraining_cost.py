@@ -105,6 +105,15 @@ def test_attention_downsampler_equals_the_unfolded_windows(input_size, output_si
         torch.testing.assert_close(ours, reference, rtol=0, atol=1e-12)
 
 
+def test_attention_downsampler_trains_on_an_empty_batch():
+    downsampler = AttentionDownsampler(4, 3)
+    features = torch.randn(0, 4, 9, 9, requires_grad=True)
+    out = downsampler(features, (3, 3))
+    assert out.shape == (0, 4, 3, 3)
+    out.sum().backward()
+    assert features.grad.shape == features.shape
+
+
 def test_attention_downsampler_training_draws_the_dropout_of_its_definition():
     # channels-last features (as the views are) still get the mask nn.Dropout draws for
     # (B, C, H, W)-contiguous ones; the dropout must act (the eval output differs)

@@ -122,8 +122,9 @@ class _DroppedLinear(torch.autograd.Function):
 
     @staticmethod
     def _chunk_size(flat_pixels: torch.Tensor) -> int:
-        # 4096 pixels: 6 MiB of 384-channel float32 features
-        return min(4096 if flat_pixels.device.type == 'cpu' else 65536, flat_pixels.shape[0])
+        # 4096 pixels: 6 MiB of 384-channel float32 features; at least 1 for an empty batch
+        return max(1, min(4096 if flat_pixels.device.type == 'cpu' else 65536,
+                          flat_pixels.shape[0]))
 
     @staticmethod
     def forward(ctx, pixels, keep, weight, bias):

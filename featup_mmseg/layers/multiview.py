@@ -129,25 +129,27 @@ class _LineBlend(torch.autograd.Function):
                 torch.mul(x.select(dim, source), first_weight[line], out=target)
                 target.add_(x.select(dim, second[line]), alpha=second_weight[line])
         ctx.dim, ctx.input_shape = dim, x.shape
-        ctx.readers = [[] for _ in range(x.shape[dim])]  # (output line, weight) per input
-        for line, source in enumerate(first):
-            ctx.readers[source].append((line, 1.0 if second is None else first_weight[line]))
-            if second is not None:
-                ctx.readers[second[line]].append((line, second_weight[line]))
+        ctx.taps = first, second, first_weight, second_weight
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out):
         dim = ctx.dim
+        first, second, first_weight, second_weight = ctx.taps
+        readers = [[] for _ in range(ctx.input_shape[dim])]  # (output line, weight) per input
+        for line, source in enumerate(first):
+            readers[source].append((line, 1.0 if second is None else first_weight[line]))
+            if second is not None:
+                readers[second[line]].append((line, second_weight[line]))
         grad = grad_out.new_empty(ctx.input_shape)
-        for line, readers in enumerate(ctx.readers):
+        for line, line_readers in enumerate(readers):
             target = grad.select(dim, line)
-            if not readers:
+            if not line_readers:
                 target.zero_()
                 continue
-            (first, weight), rest = readers[0], readers[1:]
-            torch.mul(grad_out.select(dim, first), weight, out=target)
+            (reader, weight), rest = line_readers[0], line_readers[1:]
+            torch.mul(grad_out.select(dim, reader), weight, out=target)
             for reader, weight in rest:
                 target.add_(grad_out.select(dim, reader), alpha=weight)
         return grad, None, None, None, None, None

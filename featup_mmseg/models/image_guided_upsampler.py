@@ -4,9 +4,9 @@ output upsampler share."""
 import math
 from typing import Optional, Sequence, Tuple, Union
 
+import torch
 from mmengine.model import BaseModule
 from mmengine.runner.checkpoint import CheckpointLoader
-import torch
 from torch import Tensor
 
 from ..layers import ChannelNorm, JBUStack, load_state_dict_strict, stage_sizes
