@@ -75,3 +75,15 @@ def write_image(path: PathLike, image) -> None:
             f.write(data.tobytes())
     except OSError as err:
         raise OSError(f'could not write the image {path}: {err.strerror or err}') from None
+
+
+def one_line(err: Exception) -> str:
+    """The error's message in one line: sentences joined by semicolons, the keys listed
+    under them (indented lines) by commas."""
+    parts = []
+    for line in str(err).splitlines():
+        if line.startswith('  ') and parts:
+            parts[-1] += (' ' if parts[-1].endswith(':') else ', ') + line.strip()
+        elif line.strip():
+            parts.append(line.strip().rstrip('.'))
+    return '; '.join(parts) or type(err).__name__

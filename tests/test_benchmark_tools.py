@@ -62,12 +62,16 @@ def test_benchmark_upsamplers_reports_every_method():
     # busy 2-core machine waits on its descheduled threads.
     result = subprocess.run([
         sys.executable, str(ROOT / 'tools' / 'benchmark_upsamplers.py'), '--device', 'cpu',
-        '--quick', '--source-size', '8', '--image-size', '64', '--repeats', '1'
+        '--quick', '--source-size', '8', '--image-size', '64', '--repeats', '1',
+        '--feature-size', '8', '--guidance-size', '64'
     ], capture_output=True, text=True, timeout=300, env={**os.environ, 'OMP_NUM_THREADS': '1'})
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert 'source (1, 256, 8, 8) -> (1, 256, 16, 16)' in out, out
     assert 'SegFormer-B1 training step at 64 x 64, batch 1' in out, out
+    for ratio in (2, 8):
+        assert f'at x{ratio}: features (1, 384, 8, 8) -> (1, 384, {8 * ratio}, {8 * ratio}), ' \
+            'image 64 x 64' in out, out
     number, ratio = r'\s+[\d.]+\s+\|', r'\s+[\d.]+x\s+\|'
     for method in ('bilinear', 'JBUStage', 'ResizeConv', 'CARAFE', 'IndexNet', 'A2U', 'SAPA',
                    'FADE', 'DySample'):
@@ -75,3 +79,7 @@ def test_benchmark_upsamplers_reports_every_method():
         assert re.search(rf'^\| {method}\s+\|{number * 3}{ratio * 6}$', out, re.M), out
         # SegFormer: step, peak, their ratios to bilinear
         assert re.search(rf'^\| {method}\s+\|{number * 2}{ratio * 2}$', out, re.M), out
+    for method in ('bilinear', 'FeatUp JBU', 'AnyUp', 'NAF'):
+        # image-guided, at x2 and x8: fwd, fwd+bwd, peak, parameters, their ratios to JBU
+        rows = re.findall(rf'^\| {method}\s+\|{number * 4}{ratio * 4}$', out, re.M)
+        assert len(rows) == 2, out

@@ -232,7 +232,7 @@ def _small(cfg, work_dir, data_root):
 
 
 def test_every_probe_config_is_listed_and_names_its_dataset():
-    assert len(CONFIGS) == 13
+    assert len(CONFIGS) == 21
     for path in CONFIGS:
         cfg = _config(path)
         dataset = next(key for key in DATASET_TYPES if f'_{key}-' in path.name)

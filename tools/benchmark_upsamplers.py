@@ -1,4 +1,5 @@
-"""Benchmark every guided upsampler at x2 and SegFormer-B1 training steps built with each.
+"""Benchmark every guided upsampler at x2, SegFormer-B1 training steps built with each, and
+the image-guided upsamplers of any backbone (FeatUp's JBU stack, AnyUp, NAF) at x2 to x16.
 
 Methods: bilinear (the interpolation baseline), JBUStage (FeatUp), ResizeConv, CARAFE,
 IndexNet, A2U, SAPA, FADE and DySample, each with the options of its SegFormer-B1 config
@@ -13,6 +14,12 @@ Part 'segformer': one training step of each SegFormer-B1 config at 512 x 512, ba
 random images and labels (150 classes), in train mode: model.train_step with the config's
 optimizer wrapper, i.e. data preprocessor, forward in loss mode, backward, AdamW step and
 zero_grad; its time and its peak extra memory above the model and its optimizer state.
+
+Part 'image-guided': bilinear, FeatUp's JBU stack (log2(ratio) stages), AnyUp and NAF
+(their published configurations, random weights) bring (1, 384, 28, 28) features to
+28 * ratio, guided by a 448 x 448 image, for ratios 2, 8 and 16 (NAF's efficiency table):
+forward time (no grad), forward+backward time (gradients of the features and parameters),
+peak extra memory of forward+backward and parameters; ratios to FeatUp's JBU stack.
 
 Times are medians over repeats after a warm-up run, every method's runs interleaved in
 each repeat so that drifting machine load affects all alike. CPU memory is the rise of the
@@ -32,6 +39,7 @@ import statistics
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from mmengine.config import Config
 from mmengine.logging import MMLogger
 from mmengine.model import revert_sync_batchnorm
@@ -43,6 +51,8 @@ from mmseg.structures import SegDataSample
 
 import featup_mmseg.plugin  # noqa: F401  (registrations)
 from benchmark_ops import peak_extra_mib, run_in_fresh_process, time_ms
+from featup_mmseg.layers import JBUStack
+from featup_mmseg.layers.attention_upsamplers import NAF, AnyUp
 from featup_mmseg.models.upsamplers import build_guided_upsampler
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,6 +73,11 @@ NUM_CLASSES = 150  # ADE20K
 # Batch and size (upsampler source side, or SegFormer image side), default and --quick.
 SIZES = {'upsamplers': {'default': (2, 64), 'quick': (1, 32)},
          'segformer': {'default': (2, 512), 'quick': (1, 256)}}
+# part 'image-guided': methods, feature channels, default feature and image sides, ratios
+IMAGE_GUIDED_METHODS = ('bilinear', 'FeatUp JBU', 'AnyUp', 'NAF')
+IMAGE_GUIDED_CHANNELS = 384
+IMAGE_GUIDED_SIDES = (28, 448)
+IMAGE_GUIDED_RATIOS = {'default': (2, 8, 16), 'quick': (2, 8)}
 
 
 def load_config(method):
@@ -119,10 +134,57 @@ def build_segformer(cfg, device):
     return workloads
 
 
+def image_guided_upsampler(method, side, ratio, device):
+    """(upsample(image, features), parameter count) of an image-guided method: 'bilinear',
+    'FeatUp JBU', 'AnyUp' or 'NAF', from ``side`` x ``side`` features by ``ratio``."""
+    channels = IMAGE_GUIDED_CHANNELS
+    size = (side * ratio, side * ratio)
+    if method == 'bilinear':
+        return (lambda image, features: F.interpolate(features, size, mode='bilinear',
+                                                      align_corners=False)), 0
+    if method == 'FeatUp JBU':
+        module = JBUStack(channels, num_stages=ratio.bit_length() - 1).to(device)
+
+        def upsample(image, features):
+            return module(features, image, output_size=size)
+    else:
+        module = (AnyUp if method == 'AnyUp' else NAF)().to(device)
+
+        def upsample(image, features):
+            return module(image, features, size)
+    return upsample, sum(p.numel() for p in module.parameters())
+
+
+def build_image_guided(cfg, device):
+    """workloads(batch, ratio) -> {'fwd': ..., 'fwd+bwd': ...} of an image-guided method;
+    ``cfg``: (method, feature side, image side)."""
+    method, side, image_side = cfg
+    channels = IMAGE_GUIDED_CHANNELS
+
+    def workloads(batch, ratio):
+        upsample, _ = image_guided_upsampler(method, side, ratio, device)
+        gen = torch.Generator().manual_seed(0)
+        image = torch.randn(batch, 3, image_side, image_side, generator=gen).to(device)
+        features = torch.randn(batch, channels, side, side, generator=gen).to(device)
+        features.requires_grad_()
+        grad_out = torch.randn(batch, channels, side * ratio, side * ratio,
+                               generator=gen).to(device)
+
+        def forward():
+            with torch.no_grad():
+                upsample(image, features)
+
+        return {'fwd': forward,
+                'fwd+bwd': lambda: upsample(image, features).backward(grad_out)}
+
+    return workloads
+
+
 # part -> (builder, the workload whose memory is measured, the tiny warm-up's size)
 PARTS = {
     'upsamplers': (build_upsampler, 'fwd+bwd', 8),
     'segformer': (build_segformer, 'step', 64),
+    'image-guided': (build_image_guided, 'fwd+bwd', 2),
 }
 
 
@@ -196,6 +258,14 @@ def run_part(part, configs, device, batch, size, repeats):
               f'({batch}, {CHANNELS}, {2 * size}, {2 * size}), guidance {CHANNELS} channels; '
               f'fwd: no grad; peak: forward+backward above the inputs; medians of {repeats}')
         references = ['bilinear', 'JBUStage']
+    elif part == 'image-guided':
+        _, side, image_side = next(iter(configs.values()))
+        channels = IMAGE_GUIDED_CHANNELS
+        print(f'\nimage-guided upsamplers at x{size}: features ({batch}, {channels}, {side}, '
+              f'{side}) -> ({batch}, {channels}, {side * size}, {side * size}), image '
+              f'{image_side} x {image_side}; fwd: no grad; peak: forward+backward above the '
+              f'inputs; medians of {repeats}')
+        references = ['FeatUp JBU']
     else:
         print(f'\nSegFormer-B1 training step at {size} x {size}, batch {batch}, '
               f'{NUM_CLASSES} classes: model.train_step (preprocessing, forward in loss mode, '
@@ -215,6 +285,9 @@ def run_part(part, configs, device, batch, size, repeats):
                         if timed == method} for method in methods}
     for method in methods:
         results[method]['peak MiB'] = peaks[method]
+        if part == 'image-guided':
+            results[method]['params (K)'] = image_guided_upsampler(
+                method, configs[method][1], size, 'cpu')[1] / 1e3
     print_table(results, [method for method in references if method in methods])
 
 
@@ -222,18 +295,22 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--device', choices=['cpu', 'cuda', 'all'], default='all')
     parser.add_argument('--parts', default=','.join(PARTS),
-                        help=f'comma-separated parts out of {",".join(PARTS)} (default: both)')
+                        help=f'comma-separated parts out of {",".join(PARTS)} (default: all)')
     parser.add_argument('--methods', default=','.join(METHODS),
                         help=f'comma-separated methods out of {",".join(METHODS)} '
-                        '(default: all)')
+                        "(default: all; part 'image-guided' always runs its four)")
     parser.add_argument('--quick', action='store_true',
                         help='batch 1, 32 -> 64 upsampling, 256 x 256 SegFormer steps, '
-                        '2 repeats on CPU')
+                        'image-guided x2 and x8 only, 2 repeats on CPU')
     parser.add_argument('--batch', type=int, default=None, help='batch size of both parts')
     parser.add_argument('--source-size', type=int, default=None,
                         help='side of the upsamplers\' source (the guidance has twice it)')
     parser.add_argument('--image-size', type=int, default=None,
                         help='side of the SegFormer images (a multiple of 32, at least 64)')
+    parser.add_argument('--feature-size', type=int, default=IMAGE_GUIDED_SIDES[0],
+                        help="side of part 'image-guided's features (default: %(default)s)")
+    parser.add_argument('--guidance-size', type=int, default=IMAGE_GUIDED_SIDES[1],
+                        help="side of part 'image-guided's image (default: %(default)s)")
     parser.add_argument('--repeats', type=int, default=None,
                         help='timed repeats (default on CPU: 5 for the upsamplers, 3 for '
                         'SegFormer, 2 with --quick; on CUDA: 20)')
@@ -264,9 +341,15 @@ def main():
     for device in devices:
         print(f'\n== {machine(device)} ==')
         for part in parts:
-            batch, size = SIZES[part]['quick' if args.quick else 'default']
             repeats = args.repeats or (20 if device == 'cuda' else 2 if args.quick else
-                                       5 if part == 'upsamplers' else 3)
+                                       3 if part == 'segformer' else 5)
+            if part == 'image-guided':
+                for ratio in IMAGE_GUIDED_RATIOS['quick' if args.quick else 'default']:
+                    cases = {method: (method, args.feature_size, args.guidance_size)
+                             for method in IMAGE_GUIDED_METHODS}
+                    run_part(part, cases, device, args.batch or 1, ratio, repeats)
+                continue
+            batch, size = SIZES[part]['quick' if args.quick else 'default']
             run_part(part, configs, device, args.batch or batch, size_option[part] or size,
                      repeats)
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from featup_mmseg.file_checks import check_input_file, check_output_file
+from featup_mmseg.file_checks import check_input_file, check_output_file, one_line
 from featup_mmseg.layers import build_featup_upsampler
 
 USE_NORM = {'auto': 'auto', 'yes': True, 'no': False}
@@ -42,18 +42,6 @@ def convert(source: Path, destination: Path, trust_checkpoint: bool = False,
     destination.parent.mkdir(parents=True, exist_ok=True)
     torch.save({'state_dict': state_dict, 'meta': {'featup_mmseg': meta}}, destination)
     return meta
-
-
-def one_line(err: Exception) -> str:
-    """The error's message in one line: sentences joined by semicolons, the keys listed
-    under them (indented lines) by commas."""
-    parts = []
-    for line in str(err).splitlines():
-        if line.startswith('  ') and parts:
-            parts[-1] += (' ' if parts[-1].endswith(':') else ', ') + line.strip()
-        elif line.strip():
-            parts.append(line.strip().rstrip('.'))
-    return '; '.join(parts) or type(err).__name__
 
 
 def main():

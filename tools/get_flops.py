@@ -9,6 +9,8 @@ comparable with mmseg's and the FeatUp paper's tables):
 - window_correlation: B * D * H * W * k*k
 - window_cross_correlation (SAPA's similarity; traced as the compiled
   adaptive_conv_backward_kernel): B * D * H * W * k*k
+- neighbourhood_attention_scores (AnyUp's, NAF's attention logits): N * D * H * W * k*k
+- neighbourhood_attention_aggregate (their weighted sums): N * C * H * W * k*k
 - upsample_bicubic2d: 16 per output element (mmengine counts 4 for bilinear)
 
     python tools/get_flops.py [CONFIG ...] [--shape 512 512]
@@ -45,10 +47,18 @@ def correlation_flops(inputs, outputs):
     return math.prod(get_shape(inputs[0])) * get_shape(outputs[0])[1]
 
 
+def aggregation_flops(inputs, outputs):
+    """attention (N, k*k, H, W) over values (N, C, h, w) -> (N, C, H, W): one
+    multiply-add per tap and output element."""
+    return math.prod(get_shape(outputs[0])) * get_shape(inputs[0])[1]
+
+
 OP_HANDLES = {
     'featup_mmseg::adaptive_conv': adaptive_conv_flops,
     'featup_mmseg::window_correlation': correlation_flops,
     'featup_mmseg::adaptive_conv_backward_kernel': correlation_flops,
+    'featup_mmseg::neighbourhood_attention_scores': correlation_flops,
+    'featup_mmseg::neighbourhood_attention_aggregate': aggregation_flops,
     'aten::upsample_bicubic2d': elementwise_flop_counter(0, 16),
 }
 

@@ -1,6 +1,6 @@
-"""FeatUp's image-guided JBU stack as an mmengine module: the output size, the input-size
-checks and the strict loading of FeatUp's weights that the JBU neck and the image-guided
-output upsampler share."""
+"""Image-guided upsamplers as mmengine modules: FeatUp's JBU stack (or AnyUp / NAF) with
+the output size, the input-size checks and the strict loading of published weights that
+the JBU neck and the image-guided output upsampler share."""
 import math
 from typing import Optional, Sequence, Tuple, Union
 
@@ -13,6 +13,7 @@ from ..layers import ChannelNorm, JBUStack, load_state_dict_strict, stage_sizes
 from ..layers.argument_checks import check_int, check_number, check_size
 from .backbone_record import trained_backbone
 from .input_size import level_stride, smallest_image_side
+from .upsamplers import build_attention_upsampler
 
 
 class Freezable:
@@ -31,25 +32,70 @@ class Freezable:
         return super().train(False if self.frozen else mode)
 
 
-class ImageGuidedUpsampler(Freezable, BaseModule):
+class StrictPretrained:
+    """Mixin for an mmengine ``BaseModule``: ``init_cfg=dict(type='Pretrained',
+    checkpoint=..., prefix=...)`` loads strictly (every missing, unexpected or mis-shaped
+    key is reported and nothing is loaded) and records the backbone the weights were
+    pretrained with (:attr:`trained_backbone`, checked by the segmentor)."""
+    # the backbone the loaded weights were pretrained with (see backbone_record.py),
+    # until the segmentor has compared it with its own
+    trained_backbone: Optional[dict] = None
+
+    def init_weights(self):
+        """mmengine's init_weights, except that 'Pretrained' weights load strictly."""
+        original = self.init_cfg
+        init_cfgs = original if isinstance(original, list) else [original] if original else []
+        pretrained = [cfg for cfg in init_cfgs if cfg.get('type') == 'Pretrained']
+        self.init_cfg = [cfg for cfg in init_cfgs if cfg not in pretrained] or None
+        try:
+            super().init_weights()
+        finally:
+            self.init_cfg = original
+        for cfg in pretrained:
+            self.load_pretrained(cfg['checkpoint'], cfg.get('prefix'))
+
+    def load_pretrained(self, checkpoint: str, prefix: Optional[str] = None) -> None:
+        """Strictly loads the neck's weights from a checkpoint file or URL."""
+        loaded = CheckpointLoader.load_checkpoint(checkpoint, map_location='cpu')
+        self.load_weights(loaded.get('state_dict', loaded), prefix, f'checkpoint {checkpoint}')
+        self.trained_backbone = trained_backbone(loaded, checkpoint)
+
+    def load_weights(self, state_dict: dict, prefix: Optional[str], source: str) -> None:
+        """Strictly loads ``state_dict`` (its ``prefix``-ed keys only, if a prefix is given)."""
+        if prefix:
+            prefix = prefix if prefix.endswith('.') else prefix + '.'
+            state_dict = {k[len(prefix):]: v for k, v in state_dict.items()
+                          if k.startswith(prefix)}
+        load_state_dict_strict(self, state_dict, source)
+
+
+class ImageGuidedUpsampler(Freezable, StrictPretrained, BaseModule):
     """Upsamples features of ``in_channels`` with a :class:`~featup_mmseg.layers.JBUStack`
+    (or, with ``upsampler=dict(type='AnyUp' | 'NAF', ...)``, that attention upsampler)
     guided by the (normalised) input image, optionally after FeatUp's channel LayerNorm.
 
     The output size is one of: ``out_stride`` (image size / stride, rounded up; the
     subclass's ``DEFAULT_OUT_STRIDE`` when nothing is given), ``output_size`` (fixed
-    (H, W)), or ``scale_factor`` (relative to the features' size). Stages follow the
+    (H, W)), or ``scale_factor`` (relative to the features' size). JBU stages follow the
     stack's geometric progression; each must be larger than the radius, so images too
-    small for that are refused with the smallest input image size that works.
+    small for that are refused with the smallest input image size that works. AnyUp and
+    NAF go to the output size in one step.
 
-    ``init_cfg=dict(type='Pretrained', checkpoint=...)`` loads weights strictly: every
-    missing, unexpected or mis-shaped key is reported and nothing is loaded. Its keys are
-    ``upsampler.*`` and, with ``feature_norm=True``, ``norm.*``, the layout
-    ``tools/convert_featup_checkpoint.py`` writes from FeatUp's published checkpoints.
+    ``num_stages``, ``key_dim``, ``radius`` and ``range_kernel`` configure the JBU stack
+    (default: the subclass's ``DEFAULT_NUM_STAGES``, 32, 3, 'softmax') and are refused
+    beside ``upsampler``.
+
+    ``init_cfg=dict(type='Pretrained', checkpoint=...)`` loads weights strictly
+    (:class:`StrictPretrained`). Its keys are ``upsampler.*`` and, with
+    ``feature_norm=True``, ``norm.*``, the layout ``tools/convert_featup_checkpoint.py``
+    writes from FeatUp's published checkpoints and
+    ``tools/convert_attention_upsampler_checkpoint.py`` from AnyUp's and NAF's.
 
     ``frozen=True`` keeps the module in eval mode without gradients (:class:`Freezable`):
     a pretrained upsampler under a linear probe.
     """
     DEFAULT_OUT_STRIDE = 4
+    DEFAULT_NUM_STAGES = 4
     # for featup_mmseg.ops.onnx_export.export_onnx
     onnx_static_axes = dict.fromkeys(
         ('height', 'width'), "its stages' sizes are computed from the image size in Python, "
@@ -60,17 +106,15 @@ class ImageGuidedUpsampler(Freezable, BaseModule):
                  out_stride: Optional[int] = None,
                  output_size: Optional[Union[int, Sequence[int]]] = None,
                  scale_factor: Optional[float] = None,
-                 num_stages: int = 4,
-                 key_dim: int = 32,
-                 radius: int = 3,
-                 range_kernel: str = 'softmax',
+                 num_stages: Optional[int] = None,
+                 key_dim: Optional[int] = None,
+                 radius: Optional[int] = None,
+                 range_kernel: Optional[str] = None,
                  feature_norm: bool = False,
                  init_cfg=None,
-                 frozen: bool = False):
+                 frozen: bool = False,
+                 upsampler: Optional[dict] = None):
         super().__init__(init_cfg)
-        # the backbone the loaded weights were pretrained with (see backbone_record.py),
-        # until the segmentor has compared it with its own
-        self.trained_backbone: Optional[dict] = None
         name = type(self).__name__
         given = [arg for arg, value in (('out_stride', out_stride), ('output_size', output_size),
                                         ('scale_factor', scale_factor)) if value is not None]
@@ -90,8 +134,20 @@ class ImageGuidedUpsampler(Freezable, BaseModule):
             name, 'scale_factor', scale_factor, minimum=1.0)
         if feature_norm:
             self.norm = ChannelNorm(in_channels)
-        self.upsampler = JBUStack(in_channels, num_stages=num_stages, key_dim=key_dim,
-                                  radius=radius, range_kernel=range_kernel)
+        jbu_args = dict(num_stages=num_stages, key_dim=key_dim, radius=radius,
+                        range_kernel=range_kernel)
+        if upsampler is None:
+            defaults = dict(num_stages=self.DEFAULT_NUM_STAGES, key_dim=32, radius=3,
+                            range_kernel='softmax')
+            self.upsampler = JBUStack(in_channels, **{
+                arg: defaults[arg] if value is None else value
+                for arg, value in jbu_args.items()})
+        else:
+            given = sorted(arg for arg, value in jbu_args.items() if value is not None)
+            if given:
+                raise ValueError(f'{name}: {", ".join(given)} configure the JBU stack; they '
+                                 'do not apply with upsampler, remove them (or the upsampler)')
+            self.upsampler = build_attention_upsampler(name, upsampler, in_channels)
         if not isinstance(frozen, bool):
             raise ValueError(f'{name}: frozen must be a bool, got {frozen!r}')
         if frozen:
@@ -109,6 +165,9 @@ class ImageGuidedUpsampler(Freezable, BaseModule):
         input_size = tuple(int(n) for n in features.shape[-2:])
         output_size = tuple(self._output_side(dim, image_size[dim], input_size[dim])
                             for dim in range(2))
+        if not isinstance(self.upsampler, JBUStack):
+            return self.upsampler(image, features, output_size).contiguous(
+                memory_format=memory_format)
         self._check_stage_sizes(image_size, input_size, output_size)
         return self.upsampler(features, image, output_size=output_size,
                               memory_format=memory_format)
@@ -151,30 +210,3 @@ class ImageGuidedUpsampler(Freezable, BaseModule):
             f'{stages}: it needs input images of at least {minimum[0]} x {minimum[1]} px, got '
             f'{image_size[0]} x {image_size[1]}; resize or pad the inputs, or with slide '
             f'inference use a crop_size of at least {minimum[0]} x {minimum[1]}')
-
-    def init_weights(self):
-        """mmengine's init_weights, except that 'Pretrained' weights load strictly."""
-        original = self.init_cfg
-        init_cfgs = original if isinstance(original, list) else [original] if original else []
-        pretrained = [cfg for cfg in init_cfgs if cfg.get('type') == 'Pretrained']
-        self.init_cfg = [cfg for cfg in init_cfgs if cfg not in pretrained] or None
-        try:
-            super().init_weights()
-        finally:
-            self.init_cfg = original
-        for cfg in pretrained:
-            self.load_pretrained(cfg['checkpoint'], cfg.get('prefix'))
-
-    def load_pretrained(self, checkpoint: str, prefix: Optional[str] = None) -> None:
-        """Strictly loads the neck's weights from a checkpoint file or URL."""
-        loaded = CheckpointLoader.load_checkpoint(checkpoint, map_location='cpu')
-        self.load_weights(loaded.get('state_dict', loaded), prefix, f'checkpoint {checkpoint}')
-        self.trained_backbone = trained_backbone(loaded, checkpoint)
-
-    def load_weights(self, state_dict: dict, prefix: Optional[str], source: str) -> None:
-        """Strictly loads ``state_dict`` (its ``prefix``-ed keys only, if a prefix is given)."""
-        if prefix:
-            prefix = prefix if prefix.endswith('.') else prefix + '.'
-            state_dict = {k[len(prefix):]: v for k, v in state_dict.items()
-                          if k.startswith(prefix)}
-        load_state_dict_strict(self, state_dict, source)

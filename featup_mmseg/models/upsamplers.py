@@ -14,6 +14,12 @@ spatial size, whatever that size is. Two kinds of config:
   and the upsamplers FeatUp compares with (:mod:`featup_mmseg.layers.feature_upsamplers`):
   'ResizeConv', 'CARAFE', 'IndexNet', 'A2U', 'SAPA', 'FADE', 'DySample'.
 
+AnyUp and NAF (:mod:`featup_mmseg.layers.attention_upsamplers`) are registered too but
+are not guided upsamplers of this kind: they upsample features of any backbone to any
+size in one step, guided by the image (``upsampler(image, features, output_size)``), so
+they go where FeatUp's image-guided stack goes (:func:`build_attention_upsampler`):
+``FeatureUpsamplingNeck`` and the segmentor's output upsampler.
+
 Interpolation types are not registered in MODELS: mmcv registers 'bilinear' and
 'nearest' there as its (single-input) upsample layers, which must keep working.
 """
@@ -25,11 +31,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 from mmseg.registry import MODELS
 
-from ..layers import JBUStage, feature_upsamplers, jbu_guidance_products
+from ..layers import JBUStage, attention_upsamplers, feature_upsamplers, jbu_guidance_products
 
 MODELS.register_module(module=JBUStage)
 for _name in feature_upsamplers.__all__:
     MODELS.register_module(module=getattr(feature_upsamplers, _name))
+ATTENTION_UPSAMPLER_TYPES = tuple(attention_upsamplers.__all__)
+for _name in ATTENTION_UPSAMPLER_TYPES:
+    MODELS.register_module(module=getattr(attention_upsamplers, _name))
 
 INTERPOLATION_TYPES = ('bilinear', 'nearest', 'bicubic', 'area', 'nearest-exact')
 CHOICES = ("dict(type='JBUStage', range_kernel='softmax' | 'no_mlp' | 'gaussian_euclidean' | "
@@ -69,6 +78,12 @@ def upsampler_type(owner: str, cfg) -> str:
     elif not isinstance(kind, str) or MODELS.get(kind) is None:
         raise ValueError(f'{owner}: unknown upsampler type {kind!r}{_did_you_mean(kind)}; '
                          f'use {CHOICES}')
+    elif kind in ATTENTION_UPSAMPLER_TYPES:
+        raise ValueError(
+            f'{owner}: {kind} upsamples features to any size in one step guided by the image, '
+            'not a feature map stage by stage: use it as the upsampler of a '
+            "FeatureUpsamplingNeck or as output_upsampler=dict(type='ImageGuidedOutputUpsampler', "
+            f"upsampler=dict(type={kind!r}))")
     elif not _takes_guidance_dim(MODELS.get(kind)):
         cls = MODELS.get(kind)
         raise ValueError(
@@ -108,6 +123,22 @@ def checked_upsampler_config(owner: str, cfg) -> dict:
 
 def is_interpolation(cfg) -> bool:
     return cfg['type'] in INTERPOLATION_TYPES
+
+
+def is_attention_upsampler(cfg) -> bool:
+    """Whether ``cfg`` configures AnyUp or NAF."""
+    return isinstance(cfg, dict) and cfg.get('type') in ATTENTION_UPSAMPLER_TYPES
+
+
+def build_attention_upsampler(owner: str, cfg, in_channels: int) -> nn.Module:
+    """Builds AnyUp or NAF from ``cfg`` for features of ``in_channels``, called as
+    ``upsampler(image, features, output_size)``."""
+    if not is_attention_upsampler(cfg):
+        raise ValueError(f'{owner}: upsampler must be dict(type=...) with a type of '
+                         f'{ATTENTION_UPSAMPLER_TYPES}, got {cfg!r}')
+    upsampler = MODELS.build(dict(cfg))
+    upsampler.check_channels(in_channels)
+    return upsampler
 
 
 def build_guided_upsampler(owner: str, cfg, guidance_dim: int, source_dim: int,

@@ -78,3 +78,27 @@ featup_jbu_neck = dict(
     feature_norm=True,
     frozen=True,
     init_cfg=dict(type='Pretrained', checkpoint='pretrain/featup_dinov2_jbu.pth'))
+
+# the necks of the probe configs' AnyUp and NAF rows: the authors' published weights
+# (AnyUp's anyup_paper.pth, trained on DINOv2 ViT-S/14 features; NAF's naf_release.pth,
+# trained on DINOv3 ViT-B/16 features and applied zero-shot, as in NAF's paper),
+# converted with tools/convert_attention_upsampler_checkpoint.py, frozen, lift 32 x 32
+# to 448 x 448 in one step guided by the image
+anyup_neck = dict(
+    _delete_=True,
+    type='FeatureUpsamplingNeck',
+    in_channels=384,
+    in_index=-1,
+    upsampler=dict(type='AnyUp'),
+    out_stride=1,
+    frozen=True,
+    init_cfg=dict(type='Pretrained', checkpoint='pretrain/anyup_paper.pth'))
+naf_neck = dict(
+    _delete_=True,
+    type='FeatureUpsamplingNeck',
+    in_channels=384,
+    in_index=-1,
+    upsampler=dict(type='NAF'),
+    out_stride=1,
+    frozen=True,
+    init_cfg=dict(type='Pretrained', checkpoint='pretrain/naf_release.pth'))

@@ -1,6 +1,6 @@
-"""Upsamples one backbone level by interpolation or by a stack of any guided upsampler,
-guided by the input image: the baselines that linear probes of upsampled features compare
-FeatUp's JBU stack (:class:`JBUNeck`) with."""
+"""Upsamples one backbone level by interpolation, by a stack of any guided upsampler or by
+an attention upsampler (AnyUp, NAF), guided by the input image: what linear probes of
+upsampled features compare FeatUp's JBU stack (:class:`JBUNeck`) with."""
 import math
 from typing import Sequence, Tuple
 
@@ -14,14 +14,15 @@ from torch import Tensor
 from ...layers import stage_sizes
 from ...layers.argument_checks import check_int
 from ..image_guidance import backbone_level, check_built_by_guided_segmentor
-from ..image_guided_upsampler import Freezable
-from ..upsamplers import build_guided_upsampler, is_interpolation, upsampler_type
+from ..image_guided_upsampler import Freezable, StrictPretrained
+from ..upsamplers import (build_attention_upsampler, build_guided_upsampler,
+                          is_attention_upsampler, is_interpolation, upsampler_type)
 
 IMAGE_CHANNELS = 3
 
 
 @MODELS.register_module()
-class FeatureUpsamplingNeck(Freezable, BaseModule):
+class FeatureUpsamplingNeck(Freezable, StrictPretrained, BaseModule):
     """Upsamples one backbone level to ``ceil(image size / out_stride)``; the other levels
     pass through unchanged, so the decode head keeps its ``in_index``.
 
@@ -33,6 +34,9 @@ class FeatureUpsamplingNeck(Freezable, BaseModule):
       and its JBU stack), the stages following :func:`~featup_mmseg.layers.stage_sizes`
       (x2 each for a power-of-two ratio: 14 -> 28 -> 56 -> 112 -> 224). Fixed-factor
       upsamplers (CARAFE, SAPA, ...) need such x2 steps and say so otherwise.
+    - ``upsampler=dict(type='AnyUp')`` or ``dict(type='NAF')``: one step of that attention
+      upsampler to the output size, guided by the image itself (keys ``upsampler.*``, as
+      ``tools/convert_attention_upsampler_checkpoint.py`` writes the published weights).
 
     FeatUp's JBU stack is :class:`JBUNeck`. Needs :class:`GuidedEncoderDecoder`, which
     passes the image.
@@ -41,12 +45,13 @@ class FeatureUpsamplingNeck(Freezable, BaseModule):
         in_channels: channels of the upsampled level.
         in_index: which backbone output to upsample.
         upsampler: the upsampler config (see above).
-        num_stages: stages of a guided upsampler (interpolation always takes one).
+        num_stages: stages of a guided upsampler (interpolation, AnyUp and NAF take one).
         out_stride: output stride relative to the image (1: the image's size).
         align_corners: for 'bilinear' interpolation.
         frozen: keep the neck in eval mode without gradients (a pretrained upsampler under
             a linear probe).
-        init_cfg: mmengine init config (e.g. ``dict(type='Pretrained', checkpoint=...)``).
+        init_cfg: mmengine init config; ``dict(type='Pretrained', checkpoint=...)`` loads
+            strictly (:class:`~featup_mmseg.models.image_guided_upsampler.StrictPretrained`).
 
     Raises:
         ValueError: for an unknown upsampler type or a bad argument, when built.
@@ -73,11 +78,15 @@ class FeatureUpsamplingNeck(Freezable, BaseModule):
         self.in_channels = check_int(name, 'in_channels', in_channels)
         self.in_index = in_index
         self.out_stride = check_int(name, 'out_stride', out_stride)
-        upsampler_type(name, upsampler)
-        count = 1 if is_interpolation(upsampler) else check_int(name, 'num_stages', num_stages)
-        self.upsampler = nn.ModuleList(
-            build_guided_upsampler(name, upsampler, IMAGE_CHANNELS, in_channels, align_corners)
-            for _ in range(count))
+        if is_attention_upsampler(upsampler):
+            self.upsampler = build_attention_upsampler(name, upsampler, in_channels)
+        else:
+            upsampler_type(name, upsampler)
+            count = 1 if is_interpolation(upsampler) else check_int(name, 'num_stages',
+                                                                     num_stages)
+            self.upsampler = nn.ModuleList(
+                build_guided_upsampler(name, upsampler, IMAGE_CHANNELS, in_channels,
+                                       align_corners) for _ in range(count))
         if frozen:
             self.freeze()
 
@@ -95,6 +104,9 @@ class FeatureUpsamplingNeck(Freezable, BaseModule):
         """``features`` at ``ceil(image size / out_stride)``, guided by ``image``, in a
         tensor of ``memory_format``."""
         output_size = tuple(math.ceil(int(side) / self.out_stride) for side in image.shape[-2:])
+        if not isinstance(self.upsampler, nn.ModuleList):  # AnyUp, NAF
+            return self.upsampler(image, features, output_size).contiguous(
+                memory_format=memory_format)
         sizes = stage_sizes(tuple(features.shape[-2:]), output_size, len(self.upsampler))
         for stage, size in zip(self.upsampler, sizes):
             features = stage(features, F.adaptive_avg_pool2d(image, size))
