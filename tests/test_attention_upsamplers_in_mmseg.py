@@ -2,11 +2,13 @@
 them from configs, call them with the image and the output size, load their converted
 published weights strictly, train in a segmentor, and refuse the slots they do not fit."""
 import copy
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
-from helpers import run_tool
+from helpers import ROOT, run_tool
 from mmengine.config import ConfigDict
 from mmengine.optim import OptimWrapper
 from mmengine.registry import init_default_scope
@@ -19,11 +21,12 @@ from test_swap_upsamplers import FAMILIES, _synthetic_batch
 
 init_default_scope('mmseg')
 METHODS = {'AnyUp': AnyUp, 'NAF': NAF}
+TOOL = ROOT / 'tools' / 'convert_attention_upsampler_checkpoint.py'
 
 
-def _neck(upsampler, **kwargs):
+def _neck(upsampler, in_channels=8, **kwargs):
     with guided_segmentor_build():
-        return MODELS.build(dict(type='FeatureUpsamplingNeck', in_channels=8,
+        return MODELS.build(dict(type='FeatureUpsamplingNeck', in_channels=in_channels,
                                  upsampler=upsampler, **kwargs))
 
 
@@ -100,13 +103,14 @@ def test_segmentor_trains_with_the_upsampler_on_synthetic_shapes(slot, method):
     model.eval()
     with torch.no_grad():
         logits = model(torch.randn(1, 3, 64, 48), mode='tensor')
-    assert logits.shape == (1, 5, 64, 48)
+    # the neck's level at 1/2 (out_stride 2); the output upsampler's logits at the image
+    assert logits.shape == ((1, 5, 64, 48) if slot == 'output' else (1, 5, 32, 24))
 
 
 @pytest.mark.parametrize('method', METHODS)
 def test_converted_published_weights_load_strictly_in_both_slots(method, tmp_path):
-    from test_naf import published_state_dict as naf_published
-    from test_anyup import published_state_dict as anyup_published
+    from test_anyup import _published as anyup_published
+    from test_naf import published_naf_state_dict as naf_published
     published = (anyup_published if method == 'AnyUp' else naf_published)(seed=1)
     source, converted = tmp_path / 'published.pth', tmp_path / 'converted.pth'
     torch.save(published, source)
@@ -129,10 +133,10 @@ def test_converted_published_weights_load_strictly_in_both_slots(method, tmp_pat
             torch.testing.assert_close(module.upsampler.state_dict()[name], value,
                                        rtol=0, atol=0)
     # the other method's file, and a file that is not a converted one, are refused
-    other = 'naf' if method == 'AnyUp' else 'anyup'
-    wrong = run_tool('convert_attention_upsampler_checkpoint.py', other, source,
-                     tmp_path / 'wrong.pth')
-    assert wrong.returncode == 1 and 'error:' in wrong.stderr
+    other, other_name = ('naf', 'a NAF') if method == 'AnyUp' else ('anyup', 'an AnyUp')
+    wrong = subprocess.run([sys.executable, str(TOOL), other, str(source),
+                            str(tmp_path / 'wrong.pth')], capture_output=True, text=True)
+    assert wrong.returncode == 1 and f'error: not {other_name} checkpoint' in wrong.stderr
     assert len(wrong.stderr.strip().splitlines()) == 1, wrong.stderr
     assert not (tmp_path / 'wrong.pth').exists()
     bad = _neck(dict(type=method), init_cfg=dict(type='Pretrained', checkpoint=str(source)))

@@ -107,3 +107,18 @@ def test_get_flops_counts_the_compiled_ops():
     pixels = 32 * 32 + 2 * 64 * 64 + 3 * 128 * 128
     expected = (per_pixel * pixels - 3 * 4 * 256 * 128 * 128) / 1e9
     assert jbu - bilinear == pytest.approx(expected, abs=0.011)
+
+
+def test_get_flops_counts_the_neighbourhood_attention_ops():
+    psp = ROOT / 'configs' / 'featup_pspnet'
+    result = run_tool('get_flops.py', psp / 'pspnet_r50-d8_bilinear_4xb4-160k_ade20k-512x512.py',
+                      psp / 'pspnet_r50-d8_naf-output_4xb4-160k_ade20k-512x512.py',
+                      '--shape', '64', '64')
+    assert 'featup_mmseg::' not in result.stdout.split('not counted')[-1]
+    rows = dict(re.findall(r'(pspnet\S+)\s+[\d.]+\s+([\d.]+)', result.stdout))
+    extra = float(rows['pspnet_r50-d8_naf-output_4xb4-160k_ade20k-512x512']) - \
+        float(rows['pspnet_r50-d8_bilinear_4xb4-160k_ade20k-512x512'])
+    # NAF from 8 x 8 to 64 x 64 (PSPHead's 512 channels, 81 taps, 4 heads of 64 encoding
+    # channels) adds at least its attention: scores 256 and aggregation 512 multiply-adds
+    # per tap and output pixel
+    assert extra * 1e9 >= (256 + 512) * 81 * 64 * 64

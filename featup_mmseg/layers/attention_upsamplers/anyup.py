@@ -291,6 +291,10 @@ class AnyUp(nn.Module):
         self.aggregation = encoder(conv(2 * qk_dim, 3), qk_dim)
         self.rope = _RoPE(qk_dim)
 
+    def check_channels(self, channels: int) -> None:
+        """Features of any channel count are upsampled (the feature-agnostic layer)."""
+        check_int(OWNER, 'channels', channels)
+
     def _check_inputs(self, image, features, output_size) -> Tuple[int, int]:
         for name, t, layout in (('image', image, f'(B, {self.input_dim}, H, W)'),
                                 ('features', features, '(B, C, h, w)')):

@@ -252,6 +252,13 @@ class NAF(nn.Module):
         out = neighbourhood_attention_aggregate(attn, values, dilation=1, border='shift')
         return out.reshape(b, c, *output_size)
 
+    def check_channels(self, channels: int) -> None:
+        """Refuses features of ``channels`` channels, which the heads cannot split."""
+        if channels % self.heads_attn:
+            raise ValueError(f'{_OWNER}: features must have a channel count C divisible by '
+                             f'heads_attn={self.heads_attn} (each head filters C / heads_attn '
+                             f'of them), got C = {channels}')
+
     def _check_inputs(self, image: torch.Tensor, features: torch.Tensor) -> None:
         for name, t, layout in (('image', image, '(B, 3, H, W)'),
                                 ('features', features, '(B, C, h, w)')):
@@ -273,10 +280,7 @@ class NAF(nn.Module):
         if image.shape[0] != features.shape[0]:
             raise ValueError(f'{_OWNER}: image and features must have the same batch size, '
                              f'got {image.shape[0]} and {features.shape[0]}')
-        if features.shape[1] % self.heads_attn:
-            raise ValueError(f'{_OWNER}: features must have a channel count divisible by '
-                             f'heads_attn={self.heads_attn}, got shape '
-                             f'{tuple(features.shape)}')
+        self.check_channels(features.shape[1])
         device = self.image_encoder.rope.periods.device
         for name, t in (('image', image), ('features', features)):
             if t.device != device:
