@@ -158,13 +158,15 @@ class ImageGuidedUpsampler(Freezable, StrictPretrained, BaseModule):
         return self.norm(features) if hasattr(self, 'norm') else features
 
     def upsample(self, features: Tensor, image: Tensor,
-                 memory_format: torch.memory_format = torch.contiguous_format) -> Tensor:
-        """Upsamples features to the configured size, guided by the image, into a tensor
-        of ``memory_format``."""
+                 memory_format: torch.memory_format = torch.contiguous_format,
+                 output_size: Optional[Tuple[int, int]] = None) -> Tensor:
+        """Upsamples features to the configured size (or ``output_size``), guided by the
+        image, into a tensor of ``memory_format``."""
         image_size = tuple(int(n) for n in image.shape[-2:])
         input_size = tuple(int(n) for n in features.shape[-2:])
-        output_size = tuple(self._output_side(dim, image_size[dim], input_size[dim])
-                            for dim in range(2))
+        if output_size is None:
+            output_size = tuple(self._output_side(dim, image_size[dim], input_size[dim])
+                                for dim in range(2))
         if not isinstance(self.upsampler, JBUStack):
             return self.upsampler(image, features, output_size).contiguous(
                 memory_format=memory_format)

@@ -1,7 +1,9 @@
-"""FeatUp's self-supervised upsampler pretraining (paper sections 3.1-3.3) as an mmengine hook."""
+"""FeatUp's self-supervised upsampler pretraining (paper sections 3.1-3.3) as an mmengine hook,
+with AnyUp's and NAF's objectives for a neck's upsampler as alternatives."""
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from functools import partial
 from typing import Callable, Iterator, List, Optional
 
 import torch
@@ -18,6 +20,7 @@ from ...file_checks import check_output_file
 from ...layers.argument_checks import check_choice, check_int
 from ...layers.multiview import (ReconstructionCriterion, check_criterion_arguments,
                                  check_view_arguments, multiview_reconstruction_loss)
+from ...layers.upsampler_objectives import anyup_objective, check_objective, naf_objective
 from ...models.backbone_record import (backbone_record, backbone_weights_source,
                                        random_backbone_message)
 
@@ -38,6 +41,9 @@ class PretrainTarget:
         features: images -> the frozen low-res maps.
         upsample: (maps, images) -> high-res versions of the maps at ``reconstructed``.
         reconstructed: indices of the upsampled maps.
+        upsample_to: (map, image, output size) -> the map upsampled to that size, guided by
+            the image (a neck's; None for a head's stages), for AnyUp's and NAF's
+            objectives.
     """
     name: str
     upsampler: nn.Module
@@ -47,6 +53,7 @@ class PretrainTarget:
     features: Callable
     upsample: Callable
     reconstructed: List[int]
+    upsample_to: Optional[Callable] = None
 
     def state_dict(self) -> dict:
         return {self.prefix + key: value for key, value in self.saved.state_dict().items()}
@@ -73,8 +80,11 @@ def find_targets(model: nn.Module, target: str) -> List[PretrainTarget]:
             # channels-last, as the views and the downsampler read the features
             return [neck.upsample(maps[0], images, memory_format=torch.channels_last)]
 
+        def neck_upsample_to(features, image, output_size):
+            return neck.upsample(features, image, output_size=output_size)
+
         targets.append(PretrainTarget('neck', neck.upsampler, neck, 'neck.', [neck.in_channels],
-                                      neck_features, neck_upsample, [0]))
+                                      neck_features, neck_upsample, [0], neck_upsample_to))
     head = getattr(model, 'decode_head', None)
     # FeatUpSegformerHead with guided stages (its bilinear twin has only interpolations)
     if target in ('auto', 'decode_head') and hasattr(head, 'upsample_levels') and \
@@ -121,6 +131,14 @@ class FeatUpPretrainHook(Hook):
     same upsampler. The upsampler weights are saved to ``work_dir/checkpoint_name``; the
     training checkpoints record that pretraining is done, so a resumed run skips it.
 
+    ``objective='anyup'`` or ``'naf'`` trains a neck's upsampler (FeatUp's JBU stack, AnyUp
+    or NAF) with that method's objective instead
+    (:mod:`featup_mmseg.layers.upsampler_objectives`: the backbone's features of the image
+    at half size, upsampled, against its features at full size or of half-size crops);
+    the views, the downsampler and the uncertainty are FeatUp's objective's only, and
+    the default optimizer is the methods' AdamW (lr 2e-4, weight decay 1e-5). Their
+    backbone must take both sizes (a timm ViT: ``model_kwargs=dict(dynamic_img_size=True)``).
+
     Args:
         steps: optimisation steps (paper: 2000).
         images_per_step: images per step (paper: 4).
@@ -132,10 +150,12 @@ class FeatUpPretrainHook(Hook):
         proj_dim: random projection dimension (paper: 30).
         uncertainty: learn the per-pixel uncertainty (paper: on).
         tv_weight: total-variation prior on feature magnitudes (paper, JBU: 0).
-        optimizer: optimizer config without params (paper: NAdam, lr 1e-3).
+        optimizer: optimizer config without params (default: FeatUp's NAdam, lr 1e-3; for
+            objective 'anyup' or 'naf' AdamW, lr 2e-4, weight decay 1e-5).
         target: which upsampler: 'auto' (all found), 'neck' or 'decode_head'.
         log_interval: steps between loss logs.
         checkpoint_name: file name of the saved upsampler weights in the work dir.
+        objective: 'featup' (the paper's multi-view reconstruction), 'anyup' or 'naf'.
 
     Every argument is checked here, when the config is built, not when pretraining starts.
     """
@@ -146,16 +166,24 @@ class FeatUpPretrainHook(Hook):
                  kernel_size: int = 16, proj_dim: int = 30, uncertainty: bool = True,
                  tv_weight: float = 0.0, optimizer: Optional[dict] = None,
                  target: str = 'auto', log_interval: int = 50,
-                 checkpoint_name: str = 'featup_pretrained_upsampler.pth'):
+                 checkpoint_name: str = 'featup_pretrained_upsampler.pth',
+                 objective: str = 'featup'):
         owner = 'FeatUpPretrainHook'
         check_choice(owner, 'target', target, TARGETS)
+        self.objective = check_objective(owner, objective)
+        if objective != 'featup' and target == 'decode_head':
+            raise ValueError(f"{owner}: objective {objective!r} trains a neck's upsampler "
+                             f"(target='neck' or 'auto'), not a decode head's stages")
         for name, value in (('steps', steps), ('images_per_step', images_per_step),
                             ('num_jitters', num_jitters), ('log_interval', log_interval)):
             check_int(owner, name, value)
         check_view_arguments(owner, max_pad, max_zoom)
         check_criterion_arguments(owner, downsampler, kernel_size, proj_dim, tv_weight)
         check_choice(owner, 'uncertainty', uncertainty, (True, False))
-        self.optimizer_cfg = dict(type='NAdam', lr=1e-3) if optimizer is None else optimizer
+        if optimizer is None:
+            optimizer = dict(type='NAdam', lr=1e-3) if objective == 'featup' else \
+                dict(type='AdamW', lr=2e-4, betas=(0.9, 0.999), weight_decay=1e-5)
+        self.optimizer_cfg = optimizer
         if not _is_optimizer_cfg(self.optimizer_cfg):
             raise ValueError(f'{owner}: optimizer must be a dict whose type is an optimizer '
                              "registered in mmengine's OPTIMIZERS (e.g. dict(type='NAdam', "
@@ -206,7 +234,8 @@ class FeatUpPretrainHook(Hook):
         if is_main_process():
             check_output_file(self._path(runner), 'FeatUpPretrainHook: checkpoint_name')
         model = runner.model.module if is_model_wrapper(runner.model) else runner.model
-        targets = find_targets(model, self.target)
+        # AnyUp's and NAF's objectives train a neck's upsampler only
+        targets = find_targets(model, self.target if self.objective == 'featup' else 'neck')
         backbone_cfg, load_from = self._backbone_source(runner)
         if backbone_weights_source(backbone_cfg, load_from) is None:
             message = random_backbone_message('FeatUp pretraining', backbone_cfg)
@@ -216,7 +245,9 @@ class FeatUpPretrainHook(Hook):
         criteria = [
             nn.ModuleList(ReconstructionCriterion(dim, **self.criterion_cfg)
                           for dim in target.feat_dims).to(device) for target in targets
-        ]
+        ] if self.objective == 'featup' else []
+        step_loss = self._featup_loss if self.objective == 'featup' else partial(
+            self._method_loss, model)
         params = [p for target in targets for p in target.upsampler.parameters()]
         params += [p for criterion in criteria for p in criterion.parameters()]
         world_size = get_world_size()
@@ -231,18 +262,14 @@ class FeatUpPretrainHook(Hook):
             module.train()
         images = self._images(runner, model)
         names = ', '.join(target.name for target in targets)
-        runner.logger.info(f'FeatUp pretraining of the {names} upsampler: {self.steps} steps '
-                           f'of {self.images_per_step} images x {self.num_jitters} views')
+        views = f' x {self.num_jitters} views' if self.objective == 'featup' else ''
+        runner.logger.info(f'FeatUp pretraining of the {names} upsampler ({self.objective}\'s '
+                           f'objective): {self.steps} steps of {self.images_per_step} '
+                           f'images{views}')
         for step in range(1, self.steps + 1):
             batch = next(images)
             optimizer.zero_grad()
-            # the mean over targets, backpropagated view by view (one view's graph at a time)
-            loss = sum(
-                multiview_reconstruction_loss(batch, target.features, target.upsample,
-                                              target.reconstructed, criterion,
-                                              self.num_jitters, self.max_pad, self.max_zoom,
-                                              backward_weight=1 / len(targets))
-                for target, criterion in zip(targets, criteria)) / len(targets)
+            loss = step_loss(batch, targets, criteria)
             if world_size > 1:
                 for param in params:
                     if param.grad is not None:
@@ -260,6 +287,37 @@ class FeatUpPretrainHook(Hook):
         self.pretrained = True
         self._save(runner, targets)
         return self.losses
+
+    def _featup_loss(self, batch: torch.Tensor, targets: List[PretrainTarget],
+                     criteria: List[nn.ModuleList]) -> torch.Tensor:
+        """FeatUp's multi-view loss: the mean over targets, backpropagated view by view
+        (one view's graph at a time)."""
+        return sum(
+            multiview_reconstruction_loss(batch, target.features, target.upsample,
+                                          target.reconstructed, criterion, self.num_jitters,
+                                          self.max_pad, self.max_zoom,
+                                          backward_weight=1 / len(targets))
+            for target, criterion in zip(targets, criteria)) / len(targets)
+
+    def _method_loss(self, model: nn.Module, batch: torch.Tensor,
+                     targets: List[PretrainTarget], criteria: list) -> torch.Tensor:
+        """AnyUp's or NAF's loss for the neck's upsampler, backpropagated."""
+        target, = targets
+
+        def features(images):
+            return target.features(images)[0]
+
+        if self.objective == 'naf':
+            loss = naf_objective(batch, features, target.upsample_to)
+        else:
+            # the images' normalisation, for the augmentation (none: pixels in 0..255)
+            mean = getattr(model.data_preprocessor, 'mean', None)
+            std = getattr(model.data_preprocessor, 'std', None)
+            loss = anyup_objective(batch, features, target.upsample_to,
+                                   pixel_mean=torch.zeros(3) if mean is None else mean,
+                                   pixel_std=torch.ones(3) if std is None else std)
+        loss.backward()
+        return loss.detach()
 
     @staticmethod
     def _check_ranks_agree(runner, upsamplers: List[nn.Module], world_size: int) -> None:
@@ -302,6 +360,7 @@ class FeatUpPretrainHook(Hook):
         state_dict = {k: v for target in targets for k, v in target.state_dict().items()}
         model = runner.model.module if is_model_wrapper(runner.model) else runner.model
         meta = dict(steps=self.steps, losses=self.losses, targets=[t.name for t in targets],
+                    objective=self.objective,
                     backbone=backbone_record(model.backbone, *self._backbone_source(runner)),
                     **self.criterion_cfg)
         path = self._path(runner)

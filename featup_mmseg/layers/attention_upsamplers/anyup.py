@@ -1,6 +1,7 @@
 """AnyUp: an encoder-agnostic feature upsampler with windowed cross-attention.
 
-Wimmer, Wonka, Ovsjanikov and Tombari, "AnyUp: Universal Feature Upsampling", ICLR 2026
+Wimmer, Truong, Rakotosaona, Oechsle, Tombari, Schiele and Lenssen, "AnyUp: Universal
+Feature Upsampling", ICLR 2026
 (arXiv 2510.12764), reference code github.com/wimmerth/anyup. An RGB image guides the
 upsampling of a low-res feature map of any backbone (any channel count C): a
 feature-agnostic layer (learned basis filters, softmax over the basis, mean over the input

@@ -2,7 +2,7 @@
 an attention upsampler (AnyUp, NAF), guided by the input image: what linear probes of
 upsampled features compare FeatUp's JBU stack (:class:`JBUNeck`) with."""
 import math
-from typing import Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -100,10 +100,13 @@ class FeatureUpsamplingNeck(Freezable, StrictPretrained, BaseModule):
         return backbone_level(type(self).__name__, inputs, self.in_index, self.in_channels)
 
     def upsample(self, features: Tensor, image: Tensor,
-                 memory_format: torch.memory_format = torch.contiguous_format) -> Tensor:
-        """``features`` at ``ceil(image size / out_stride)``, guided by ``image``, in a
-        tensor of ``memory_format``."""
-        output_size = tuple(math.ceil(int(side) / self.out_stride) for side in image.shape[-2:])
+                 memory_format: torch.memory_format = torch.contiguous_format,
+                 output_size: Optional[Tuple[int, int]] = None) -> Tensor:
+        """``features`` at ``ceil(image size / out_stride)`` (or ``output_size``), guided by
+        ``image``, in a tensor of ``memory_format``."""
+        if output_size is None:
+            output_size = tuple(math.ceil(int(side) / self.out_stride)
+                                for side in image.shape[-2:])
         if not isinstance(self.upsampler, nn.ModuleList):  # AnyUp, NAF
             return self.upsampler(image, features, output_size).contiguous(
                 memory_format=memory_format)
