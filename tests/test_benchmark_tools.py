@@ -1,9 +1,14 @@
 """The benchmark scripts run end to end and report their measurements with ratios."""
+import importlib.util
 import os
 import re
 import subprocess
 import sys
+from contextlib import nullcontext
 from pathlib import Path
+
+import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -11,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_benchmark_ops_reports_ratios():
     result = subprocess.run([
         sys.executable, str(ROOT / 'tools' / 'benchmark_ops.py'), '--device', 'cpu',
-        '--shapes', '1,8,64,64,3', '--repeats', '1'
+        '--part', 'window', '--shapes', '1,8,64,64,3', '--repeats', '1'
     ], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     out = result.stdout
@@ -22,6 +27,54 @@ def test_benchmark_ops_reports_ratios():
                              r'\s+[\d.]+', out), out
     # the memory ratio is '-' where the reference's peak is too small to resolve
     assert len(re.findall(r'ratio\s+[\d.]+x\s+[\d.]+x\s+([\d.]+x|-)\n', out)) == 2, out
+
+
+def _benchmark_ops():
+    spec = importlib.util.spec_from_file_location('benchmark_ops',
+                                                  ROOT / 'tools' / 'benchmark_ops.py')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# (B, heads, d, C, h, H, k): an integer ratio, and a non-integer one with the window
+# shifted at both borders of a map barely larger than it
+@pytest.mark.parametrize('shape', [(1, 2, 4, 6, 5, 10, 3), (2, 3, 5, 9, 6, 15, 5)])
+def test_benchmark_attention_forms_compute_the_same(shape):
+    # the benchmark compares equal work: outputs and every input's gradient agree
+    benchmark_ops = _benchmark_ops()
+    results = {}
+    for form, impl in benchmark_ops.ATTENTION_FORMS.items():
+        with benchmark_ops.use_reference_ops() if impl == 'reference' else nullcontext():
+            forward, backward, inputs = benchmark_ops.make_case(benchmark_ops.ATTENTION, shape,
+                                                                'cpu', impl)
+            out = forward()
+            backward(out)
+        results[form] = [out.detach()] + [t.grad for t in inputs]
+    for form in ('dense', 'unfold'):
+        for ours, other in zip(results['ours'], results[form]):
+            torch.testing.assert_close(ours, other, rtol=1e-4, atol=1e-5)
+
+
+def test_benchmark_ops_reports_attention_ratios():
+    # A budget between the unfold form's rough peak at x2 and at x4 (about 0.06 and 0.24
+    # MiB; ours and dense need 0.05 at x4): unfold is skipped at x4, its ratios shown as '-'.
+    result = subprocess.run([
+        sys.executable, str(ROOT / 'tools' / 'benchmark_ops.py'), '--device', 'cpu',
+        '--part', 'attention', '--attention-shapes', '1,2,4,8,3,6,3;1,2,4,8,3,12,3',
+        '--repeats', '1', '--reference-budget-gb', str(0.12 / 1024)
+    ], capture_output=True, text=True, timeout=300, env={**os.environ, 'OMP_NUM_THREADS': '1'})
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert 'compiled ops: True' in out
+    number, ratio = r'\s+[\d.]+', r'\s+([\d.]+x|-)'
+    assert re.search(rf'x2 \(1, 2, 4, 8, 3, 6, 3\)\s+ours{number * 3}\n\s+dense{number * 3}\n'
+                     rf'\s+unfold{number * 3}\n\s+vs dense{ratio * 3}\n'
+                     rf'\s+vs unfold{ratio * 3}\n', out), out
+    assert re.search(rf'x4 \(1, 2, 4, 8, 3, 12, 3\)\s+ours{number * 3}\n\s+dense{number * 3}\n'
+                     r'\s+unfold\s+-\s+-\s+-\s+\(skipped: needs about [\d.e-]+ GiB\)\n'
+                     rf'\s+vs dense{ratio * 3}\n\s+vs unfold\s+-\s+-\s+-\n', out), out
+    assert 'adaptive_conv' not in out, out  # --part attention runs that part alone
 
 
 def test_benchmark_jbu_head_reports_ratios():

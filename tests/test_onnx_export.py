@@ -15,8 +15,10 @@ import torch
 from helpers import ROOT
 
 from featup_mmseg.layers import JBUStack, JBUStage
+from featup_mmseg.layers.attention_upsamplers import NAF, AnyUp
 from featup_mmseg.layers.pooling import average_pool
-from featup_mmseg.ops import (PADDING_MODES, adaptive_conv, window_correlation,
+from featup_mmseg.ops import (PADDING_MODES, adaptive_conv, neighbourhood_attention_aggregate,
+                              neighbourhood_attention_scores, window_correlation,
                               window_cross_correlation)
 from featup_mmseg.ops.onnx_export import dynamo_export_available, export_onnx
 
@@ -257,6 +259,34 @@ def test_jbu_neck_under_guided_encoder_decoder(dynamo, tmp_path):
         <= MODEL_TOLERANCE
 
 
+def _vit_with_attention_upsampler_neck(upsampler):
+    return _build(dict(
+        type='GuidedEncoderDecoder',
+        backbone=dict(type='VisionTransformer', img_size=(64, 80), patch_size=16,
+                      embed_dims=16, num_layers=1, num_heads=2, out_indices=(0, ),
+                      final_norm=True),
+        # 4 x 5 features upsampled in one step to 32 x 40, guided by the image
+        neck=dict(type='FeatureUpsamplingNeck', in_channels=16, out_stride=2,
+                  upsampler=upsampler),
+        decode_head=dict(type='FCNHead', in_channels=16, in_index=-1, channels=16,
+                         num_convs=0, concat_input=False, num_classes=3,
+                         norm_cfg=dict(type='BN')),
+        test_cfg=dict(mode='whole')))
+
+
+@pytest.mark.parametrize('upsampler', [
+    pytest.param(dict(type='AnyUp', qk_dim=16, num_heads=2), id='AnyUp'),
+    pytest.param(dict(type='NAF', dim=32, heads_attn=2, heads_rope=2, img_layers=1), id='NAF')])
+def test_attention_upsampler_neck_under_guided_encoder_decoder(upsampler, tmp_path):
+    """TorchScript exporter, dynamic batch (the dynamo exporter is checked on the modules
+    alone above). Sizes read off tensors reach the upsampler as 0-d tensors in this trace."""
+    model = _TensorMode(_vit_with_attention_upsampler_neck(upsampler))
+    example = (torch.randn(2, 3, 64, 80), )
+    runs = [example, (torch.randn(3, 3, 64, 80), )]
+    assert _largest_difference(model, example, runs, False, tmp_path, (0, )) \
+        <= MODEL_TOLERANCE
+
+
 def _resnet(dilated=False):
     strides, dilations = ((1, 2, 1, 1), (1, 1, 2, 4)) if dilated else ((1, 2, 2, 2),
                                                                        (1, 1, 1, 1))
@@ -456,3 +486,117 @@ def test_export_tool_dynamo_with_dynamic_batch_and_size(tmp_path):
     # the export's shape, a second batch size and a second image size
     differences = _checked_differences(result.stdout)
     assert len(differences) == 3 and max(differences) <= MODEL_TOLERANCE, result.stdout
+
+
+# ----------------------------------------------------------------------------------------
+# cross-scale neighbourhood attention: the ops, AnyUp and NAF
+
+class _NeighbourhoodAttention(torch.nn.Module):
+    """Scores of (queries, keys), their softmax applied to values: both ops' outputs
+    joined on channels."""
+
+    def __init__(self, kernel_size, dilation, border):
+        super().__init__()
+        self.kernel_size, self.dilation, self.border = kernel_size, dilation, border
+
+    def forward(self, queries, keys, values):
+        scores = neighbourhood_attention_scores(queries, keys, self.kernel_size, self.dilation,
+                                                self.border)
+        out = neighbourhood_attention_aggregate(scores.softmax(1), values, self.dilation,
+                                                self.border)
+        return torch.cat([scores, out], dim=1)
+
+
+def _attention_inputs(batch, size, input_size, seed):
+    gen = torch.Generator().manual_seed(seed)
+    return (torch.randn(batch, 3, *size, generator=gen),
+            torch.randn(batch, 3, *input_size, generator=gen),
+            torch.randn(batch, 2, *input_size, generator=gen))
+
+
+# (kernel_size, dilation, border, output size, low-res size): non-square maps, so that
+# swapped rows and columns show; even and odd windows
+NEIGHBOURHOOD_CASES = {
+    'shift_x2': (3, 1, 'shift', (6, 8), (3, 4)),
+    'shift_dilated_non_integer_ratio': (2, 2, 'shift', (7, 9), (4, 5)),
+    'shift_output_smaller': (3, 1, 'shift', (3, 4), (5, 6)),
+    'clamp_map_smaller_than_window': (5, 1, 'clamp', (5, 7), (2, 3)),
+    'clamp_dilated_x2': (3, 2, 'clamp', (6, 8), (3, 4)),
+}
+
+
+@pytest.mark.parametrize('dynamo', EXPORTERS)
+@pytest.mark.parametrize('case', sorted(NEIGHBOURHOOD_CASES))
+def test_neighbourhood_attention_ops(case, dynamo, tmp_path):
+    kernel_size, dilation, border, size, input_size = NEIGHBOURHOOD_CASES[case]
+    module = _NeighbourhoodAttention(kernel_size, dilation, border)
+    example = _attention_inputs(2, size, input_size, seed=0)
+    other = _attention_inputs(3, size, input_size, seed=1)  # dynamic batch
+    difference = _largest_difference(module, example, [example, other], dynamo, tmp_path,
+                                     dynamic_axes=(0, ))
+    assert difference <= LAYER_TOLERANCE
+
+
+@pytest.mark.parametrize('dynamo', EXPORTERS)
+def test_neighbourhood_attention_ops_refuse_a_dynamic_size(dynamo, tmp_path):
+    """The rows and columns each tap reads are export-time constants of the sizes."""
+    module = _NeighbourhoodAttention(3, 1, 'clamp')
+    example = _attention_inputs(2, (6, 8), (3, 4), seed=0)
+    with pytest.raises(Exception, match=r'neighbourhood_attention_scores: ONNX export needs '
+                       r'the height and width of queries fixed at export time'):
+        export_onnx(module, example, str(tmp_path / 'model.onnx'), dynamo=dynamo,
+                    input_names=['input0', 'input1', 'input2'], output_names=['output'],
+                    **_dynamic_args(3, (2, 3), dynamo))
+
+
+class _UpsampleTo(torch.nn.Module):
+    """``upsampler(image, features, output_size)`` at a fixed output size."""
+
+    def __init__(self, upsampler, output_size):
+        super().__init__()
+        self.upsampler = upsampler
+        self.output_size = output_size
+
+    def forward(self, image, features):
+        return self.upsampler(image, features, self.output_size)
+
+
+def _anyup():
+    # a window of 0.2 of the side: 3 x 3 taps with masked borders on a 3 x 4 map
+    return AnyUp(qk_dim=16, num_heads=2, window_ratio=0.2)
+
+
+def _naf():
+    return NAF(dim=32, heads_attn=2, heads_rope=2, kernel_size=3, img_layers=1)
+
+
+# (module, image size, features (C, h, w), output size): average pooling to sizes that do
+# not divide the image's; NAF's image is over 4x the output (its bilinear downsizing) and
+# its features 2 rows high, under its 3 x 3 window (padded, the padded taps masked)
+ATTENTION_UPSAMPLERS = {'AnyUp': (_anyup, (14, 15), (5, 3, 4), (7, 9)),
+                        'NAF': (_naf, (30, 37), (4, 2, 5), (7, 9))}
+
+
+@pytest.mark.parametrize('dynamo', EXPORTERS)
+@pytest.mark.parametrize('name', sorted(ATTENTION_UPSAMPLERS))
+def test_attention_upsamplers(name, dynamo, tmp_path):
+    build, image_size, features_shape, output_size = ATTENTION_UPSAMPLERS[name]
+    torch.manual_seed(0)
+    module = _UpsampleTo(build().eval(), output_size)
+    example, other = ((torch.randn(batch, 3, *image_size), torch.randn(batch, *features_shape))
+                      for batch in (2, 3))
+    difference = _largest_difference(module, example, [example, other], dynamo, tmp_path,
+                                     dynamic_axes=(0, ))
+    assert difference <= LAYER_TOLERANCE
+
+
+@pytest.mark.parametrize('name', sorted(ATTENTION_UPSAMPLERS))
+def test_attention_upsamplers_refuse_a_dynamic_size_before_tracing(name, tmp_path):
+    build, image_size, features_shape, output_size = ATTENTION_UPSAMPLERS[name]
+    example = (torch.randn(1, 3, *image_size), torch.randn(1, *features_shape))
+    with pytest.raises(ValueError, match=rf'export_onnx: {name} cannot be exported with a '
+                       r'dynamic height and width \(.*\); dynamic axes it supports: batch'):
+        export_onnx(_UpsampleTo(build(), output_size), example, str(tmp_path / 'model.onnx'),
+                    input_names=['input0', 'input1'], output_names=['output'],
+                    **_dynamic_args(2, (2, 3), False))
+    assert not (tmp_path / 'model.onnx').exists()

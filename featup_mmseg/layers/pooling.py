@@ -9,16 +9,20 @@ def average_pool(image: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     """``F.adaptive_avg_pool2d(image, size)`` in a form that every ONNX exporter translates.
 
     torch.onnx's TorchScript exporter translates adaptive average pooling only to sizes that
-    divide the input's. To other sizes (a non-x2 JBU stack's stages, A2U's encoder kernels)
-    the same averages are
-    taken by two products with constant pooling matrices: output row i averages the input
-    rows [floor(i * H / h), ceil((i + 1) * H / h)), as adaptive pooling does; columns alike.
+    divide the input's, and only where it still knows the input's size: to those this is
+    plain average pooling. To other sizes (a non-x2 JBU stack's stages, A2U's encoder
+    kernels, AnyUp's and NAF's encodings) the same averages are taken by two products with
+    constant pooling matrices: output row i averages the input rows [floor(i * H / h),
+    ceil((i + 1) * H / h)), as adaptive pooling does; columns alike.
     """
-    height, width = (int(n) for n in image.shape[-2:])
-    if height % size[0] == 0 and width % size[1] == 0:
-        return F.adaptive_avg_pool2d(image, size)
-    rows = _pooling_matrix(int(size[0]), height, image)
-    columns = _pooling_matrix(int(size[1]), width, image)
+    # Python ints (torch.jit.trace hands sizes read off tensors over as 0-d tensors)
+    height, width, out_height, out_width = (int(n) for n in (*image.shape[-2:], *size))
+    if height % out_height == 0 and width % out_width == 0:
+        # plain average pooling: that exporter translates adaptive pooling only where its
+        # shape inference still knows the input's size, which a dynamic batch can hide
+        return F.avg_pool2d(image, (height // out_height, width // out_width))
+    rows = _pooling_matrix(out_height, height, image)
+    columns = _pooling_matrix(out_width, width, image)
     return rows @ image @ columns.t()
 
 

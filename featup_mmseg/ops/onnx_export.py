@@ -1,9 +1,12 @@
-"""ONNX export of the window ops: translations into standard ONNX operators.
+"""ONNX export of the window and neighbourhood-attention ops: translations into standard
+ONNX operators.
 
 The forward ops of featup_mmseg (``featup_mmseg::window_correlation``, ``adaptive_conv``,
-and ``adaptive_conv_backward_kernel``, which ``window_cross_correlation`` runs on) are
-compiled kernels that no ONNX runtime knows. This module expresses each in standard ONNX (opset
->= 13, default domain only, so a plain ONNX Runtime or TensorRT runs the result):
+``adaptive_conv_backward_kernel``, which ``window_cross_correlation`` runs on, and
+``neighbourhood_attention_scores`` / ``neighbourhood_attention_aggregate``, which AnyUp and
+NAF run on) are compiled kernels that no ONNX runtime knows. This module expresses each in
+standard ONNX (opset >= 13, default domain only, so a plain ONNX Runtime or TensorRT runs
+the result). The window ops:
 
 - the input is padded once by the window radius with ``Pad`` (mode 'reflect' for
   'reflect' — both exclude the border pixel, like torch —, 'edge' for 'replicate',
@@ -15,8 +18,20 @@ compiled kernels that no ONNX runtime knows. This module expresses each in stand
   channels, the k*k logits joined by ``Concat``; adaptive_conv: per tap ``Mul`` with that
   tap's kernel plane and a running ``Add``.
 
-Like the compiled kernels, this never materialises the (B, C, k*k, H, W) unfold, and it
-computes the same sums (only the float rounding order may differ).
+The cross-scale neighbourhood-attention ops: for each of the k*k taps, the low-res row that
+each query row reads, and the column that each query column reads, depend only on the sizes
+(H, h, k, dilation and border: ``reference.neighbourhood_sources``), so they are int64
+constants computed at export time. Per tap, ``Gather`` takes the rows of the keys (values)
+(h -> H), then their columns (w -> W); then, as above, ``Mul`` with the queries,
+``ReduceSum`` and ``Concat`` for the scores, and ``Mul`` with the tap's weight plane and a
+running ``Add`` for the aggregate. The heights and widths of both maps are therefore fixed
+by an export (the batch may vary): a dynamic one is refused with a ValueError where the
+exporter shows it (and a module computing the sizes in Python, AnyUp and NAF, declares
+them static, see :func:`check_dynamic_axes`).
+
+Like the compiled kernels, this never materialises the (B, C, k*k, H, W) unfold or a dense
+(H*W) x (h*w) attention matrix, and it computes the same sums (only the float rounding
+order may differ).
 
 Nothing here runs at import or touches torch.onnx until asked:
 
@@ -34,9 +49,10 @@ from typing import Callable, Dict, List, Sequence
 
 import torch
 
-from .window_ops import PADDING_MODES
+from .reference import neighbourhood_sources
+from .window_ops import NEIGHBOURHOOD_BORDERS, PADDING_MODES
 
-# ReduceSum takes its axes as an input from opset 13 on; Pad, Slice, Mul, Add, Concat
+# ReduceSum takes its axes as an input from opset 13 on; Pad, Slice, Gather, Mul, Add, Concat
 # keep the form used here from opset 13 to the newest.
 MIN_OPSET = 13
 _ONNX_PAD_MODES = {'reflect': 'reflect', 'replicate': 'edge', 'zeros': 'constant'}
@@ -63,6 +79,10 @@ class _TorchScriptGraph:
         """``parts`` slices of size 1 along ``axis`` (Split's sizes input: opsets 13+)."""
         return list(self.g.op('Split', x, self.ints([1] * parts), axis_i=axis, outputs=parts))
 
+    def indices(self, values: torch.Tensor):
+        """An int64 constant of ``values`` (1-D), e.g. Gather's indices."""
+        return self.g.op('Constant', value_t=values.to(torch.int64))
+
 
 class _OnnxScriptGraph:
     """Emits ONNX nodes through onnxscript ops, which the dynamo exporter records."""
@@ -80,6 +100,10 @@ class _OnnxScriptGraph:
         """``parts`` slices of size 1 along ``axis`` (Split's num_outputs: the dynamo
         exporter's opsets, 18+)."""
         return list(self.op.Split(x, axis=axis, num_outputs=parts))
+
+    def indices(self, values: torch.Tensor):
+        """An int64 constant of ``values`` (1-D), e.g. Gather's indices."""
+        return self.op.Constant(value_ints=values.tolist())
 
 
 def _check_mode(op: str, padding_mode: str) -> str:
@@ -120,40 +144,108 @@ def _window_correlation(graph, queries, keys, kernel_size: int, padding_mode: st
     return logits[0] if len(logits) == 1 else graph.node('Concat', *logits, axis=1)
 
 
-def _adaptive_conv(graph, x, kernel, kernel_size: int, padding_mode: str):
-    padded = _pad(graph, x, kernel_size // 2, padding_mode, 'adaptive_conv')
-    taps = _taps(graph, padded, kernel_size)
+def _weighted_sum(graph, taps: List, weights):
+    """sum over taps p of taps[p] (B, C, H, W) * weights[:, p] (weights: (B, taps, H, W))."""
     if len(taps) == 1:
-        return graph.node('Mul', taps[0], kernel)
+        return graph.node('Mul', taps[0], weights)
     # (B, 1, H, W) per tap: broadcast over the channels
-    weights = graph.split(kernel, len(taps), axis=1)
     out = None
-    for tap, weight in zip(taps, weights):
+    for tap, weight in zip(taps, graph.split(weights, len(taps), axis=1)):
         term = graph.node('Mul', tap, weight)
         out = term if out is None else graph.node('Add', out, term)
     return out
 
 
-def _kernel_size_from_taps(taps) -> int:
-    """k from the kernel's k*k channels, which the exported graph must know statically."""
+def _adaptive_conv(graph, x, kernel, kernel_size: int, padding_mode: str):
+    padded = _pad(graph, x, kernel_size // 2, padding_mode, 'adaptive_conv')
+    return _weighted_sum(graph, _taps(graph, padded, kernel_size), kernel)
+
+
+def _kernel_size_from_taps(taps, op: str = 'adaptive_conv', name: str = 'a kernel') -> int:
+    """k from the k*k channels of ``name``, which the exported graph must know statically."""
     kernel_size = int(round(taps**0.5)) if isinstance(taps, int) else 0
     if kernel_size * kernel_size != taps:
-        raise ValueError('adaptive_conv: ONNX export needs a kernel of k*k channels known at '
+        raise ValueError(f'{op}: ONNX export needs {name} of k*k channels known at '
                          f'export time, got {taps!r} channels')
     return kernel_size
+
+
+def _static_sizes(op: str, name: str, shape) -> tuple:
+    """The (height, width) of a 4-D ``shape`` as ints; refuses sizes unknown at export."""
+    sizes = tuple(shape)[2:] if shape is not None and len(shape) == 4 else ()
+    if len(sizes) != 2 or not all(isinstance(n, int) for n in sizes):
+        raise ValueError(
+            f'{op}: ONNX export needs the height and width of {name} fixed at export time '
+            '(the rows and columns each tap reads are constants computed from them), got '
+            f'shape {shape}; export without dynamic height and width axes')
+    return sizes
+
+
+def _neighbourhood_windows(graph, x, size, input_size, kernel_size: int, dilation: int,
+                           border: str, op: str) -> List:
+    """The k*k taps (t = ty*k + tx) of the window of low-res ``x`` (N, C, h, w) seen by
+    every query of an (H, W) map, each (N, C, H, W): k Gathers of rows (h -> H), then k of
+    columns (w -> W) per row tap."""
+    if border not in NEIGHBOURHOOD_BORDERS:
+        raise ValueError(f'{op}: border must be one of {NEIGHBOURHOOD_BORDERS}, got {border!r}')
+    rows, cols = (neighbourhood_sources(n, m, kernel_size, dilation, border)
+                  for n, m in zip(size, input_size))
+    col_indices = [graph.indices(cols[:, tx]) for tx in range(kernel_size)]
+    taps = []
+    for ty in range(kernel_size):
+        tap_rows = graph.node('Gather', x, graph.indices(rows[:, ty]), axis=2)
+        taps.extend(graph.node('Gather', tap_rows, index, axis=3) for index in col_indices)
+    return taps
+
+
+def _neighbourhood_scores(graph, queries, keys, size, input_size, kernel_size: int,
+                          dilation: int, border: str):
+    """scores[:, t] = sum over channels of queries * (tap t of the keys' windows)."""
+    channels = graph.ints([1])
+    scores = [graph.node('ReduceSum', graph.node('Mul', queries, tap), channels, keepdims=1)
+              for tap in _neighbourhood_windows(graph, keys, size, input_size, kernel_size,
+                                                dilation, border,
+                                                'neighbourhood_attention_scores')]
+    return scores[0] if len(scores) == 1 else graph.node('Concat', *scores, axis=1)
+
+
+def _neighbourhood_aggregate(graph, attn, values, size, input_size, kernel_size: int,
+                             dilation: int, border: str):
+    """out = sum over taps t of attn[:, t] * (tap t of the values' windows)."""
+    return _weighted_sum(graph, _neighbourhood_windows(graph, values, size, input_size,
+                                                       kernel_size, dilation, border,
+                                                       'neighbourhood_attention_aggregate'),
+                         attn)
 
 
 # ----------------------------------------------------------------------------------------
 # dynamo=False: TorchScript symbolics
 
 # the public ops with an ONNX translation (the others exist for backward passes only)
-TRANSLATED_OPS = ('window_correlation', 'window_cross_correlation', 'adaptive_conv')
+TRANSLATED_OPS = ('window_correlation', 'window_cross_correlation', 'adaptive_conv',
+                  'neighbourhood_attention_scores', 'neighbourhood_attention_aggregate')
 _symbolics_registered = False
 
 
 def translations_registered() -> bool:
     """Whether :func:`register_onnx_translations` has run in this process."""
     return _symbolics_registered
+
+
+def _traced_sizes(g, index: int, value, op: str, name: str) -> tuple:
+    """(height, width) of the op's input ``index`` as traced, refused where they may vary:
+    the trace marks them dynamic (the input is a model input of dynamic size), or the model
+    has an input of dynamic height or width and ONNX shape inference lost this input's
+    sizes (``value``, its ONNX value), which then probably follow that input's."""
+    from torch.onnx import symbolic_helper
+    sizes = g.original_node.inputsAt(index).type().varyingSizes()
+    inferred = symbolic_helper._get_tensor_sizes(value)
+    if inferred is None or None in inferred[2:]:
+        model_inputs = (v.type().varyingSizes() for v in g.graph.inputs()
+                        if isinstance(v.type(), torch._C.TensorType))
+        if any(s is not None and len(s) == 4 and None in s[2:] for s in model_inputs):
+            sizes = inferred
+    return _static_sizes(op, name, sizes)
 
 
 def register_onnx_translations() -> None:
@@ -181,7 +273,26 @@ def register_onnx_translations() -> None:
         return _adaptive_conv(_TorchScriptGraph(g), x, kernel, _kernel_size_from_taps(taps),
                               padding_mode)
 
-    for symbolic in (window_correlation, adaptive_conv_backward_kernel, adaptive_conv):
+    @symbolic_helper.parse_args('v', 'v', 'i', 'i', 's')
+    def neighbourhood_attention_scores(g, queries, keys, kernel_size, dilation, border):
+        op = 'neighbourhood_attention_scores'
+        size = _traced_sizes(g, 0, queries, op, 'queries')
+        input_size = _traced_sizes(g, 1, keys, op, 'keys')
+        return _neighbourhood_scores(_TorchScriptGraph(g), queries, keys, size, input_size,
+                                     kernel_size, dilation, border)
+
+    @symbolic_helper.parse_args('v', 'v', 'i', 's')
+    def neighbourhood_attention_aggregate(g, attn, values, dilation, border):
+        op = 'neighbourhood_attention_aggregate'
+        size = _traced_sizes(g, 0, attn, op, 'attn')
+        input_size = _traced_sizes(g, 1, values, op, 'values')
+        kernel_size = _kernel_size_from_taps(g.original_node.inputsAt(0).type().varyingSizes()[1],
+                                             op, 'attn')
+        return _neighbourhood_aggregate(_TorchScriptGraph(g), attn, values, size, input_size,
+                                        kernel_size, dilation, border)
+
+    for symbolic in (window_correlation, adaptive_conv_backward_kernel, adaptive_conv,
+                     neighbourhood_attention_scores, neighbourhood_attention_aggregate):
         torch.onnx.register_custom_op_symbolic(f'featup_mmseg::{symbolic.__name__}', symbolic,
                                                MIN_OPSET)
     _symbolics_registered = True
@@ -214,10 +325,28 @@ def onnx_translation_table() -> Dict[Callable, Callable]:
         return _adaptive_conv(graph, features, kernel, _kernel_size_from_taps(kernel.shape[1]),
                               padding_mode)
 
+    def neighbourhood_attention_scores(queries, keys, kernel_size: int, dilation: int,
+                                       border: str):
+        op = 'neighbourhood_attention_scores'
+        return _neighbourhood_scores(graph, queries, keys,
+                                     _static_sizes(op, 'queries', queries.shape),
+                                     _static_sizes(op, 'keys', keys.shape), kernel_size,
+                                     dilation, border)
+
+    def neighbourhood_attention_aggregate(attn, values, dilation: int, border: str):
+        op = 'neighbourhood_attention_aggregate'
+        return _neighbourhood_aggregate(graph, attn, values,
+                                        _static_sizes(op, 'attn', attn.shape),
+                                        _static_sizes(op, 'values', values.shape),
+                                        _kernel_size_from_taps(attn.shape[1], op, 'attn'),
+                                        dilation, border)
+
     ops = torch.ops.featup_mmseg
     return {ops.window_correlation.default: window_correlation,
             ops.adaptive_conv_backward_kernel.default: adaptive_conv_backward_kernel,
-            ops.adaptive_conv.default: adaptive_conv}
+            ops.adaptive_conv.default: adaptive_conv,
+            ops.neighbourhood_attention_scores.default: neighbourhood_attention_scores,
+            ops.neighbourhood_attention_aggregate.default: neighbourhood_attention_aggregate}
 
 
 # A module can declare input axes its export cannot leave dynamic, as a class attribute

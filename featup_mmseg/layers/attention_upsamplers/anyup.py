@@ -17,6 +17,7 @@ published checkpoints (``torch.hub.load('wimmerth/anyup', 'anyup')`` and
 ``'anyup_multi_backbone'``) onto it.
 """
 import math
+import struct
 from functools import lru_cache
 from numbers import Real
 from typing import Dict, Mapping, Optional, Tuple
@@ -27,6 +28,7 @@ import torch.nn.functional as F
 
 from ...ops import neighbourhood_attention_aggregate, neighbourhood_attention_scores
 from ..argument_checks import check_int, check_size
+from ..pooling import average_pool
 
 OWNER = 'AnyUp'
 GROUPS = 8  # GroupNorm groups in every residual block
@@ -88,8 +90,11 @@ class _FeatureUnification(nn.Module):
         self.basis = nn.Parameter(torch.randn(num_filters, 1, kernel_size, kernel_size))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        batch, channels, height, width = x.shape
-        num_filters, _, kernel_size, _ = self.basis.shape
+        batch = x.shape[0]
+        # Python ints: an ONNX export must know the repeated filters' shape and the padding
+        # (torch.jit.trace may hand sizes over as 0-d tensors, the parameters' on torch 2.1)
+        channels, height, width = (int(n) for n in x.shape[1:])
+        num_filters, _, kernel_size, _ = (int(n) for n in self.basis.shape)
         pad = kernel_size // 2
         weight = self.basis.to(x.dtype).repeat(channels, 1, 1, 1)
         responses = F.conv2d(x, weight, padding=pad, groups=channels)
@@ -170,29 +175,40 @@ class _CrossDecode(nn.Module):
         self.cross_attn = _Attention(dim)
 
 
+def _float32(x: float) -> float:
+    """``x`` rounded to float32. A float32 +, -, * or / of float32 numbers equals the
+    operation in float64 rounded to float32, so these steps reproduce float32 arithmetic."""
+    return struct.unpack('f', struct.pack('f', x))[0]
+
+
 @lru_cache(maxsize=64)
-def _axis_bounds(size: int, input_size: int, ratio: float) -> Tuple[torch.Tensor, ...]:
+def _axis_bounds(size: int, input_size: int, ratio: float) -> Tuple[Tuple[int, ...], ...]:
     """Along one axis: the low-res cell each of ``size`` query pixels sits on (its window's
     centre in the neighbourhood ops) and the first and one-past-last low-res cell it may
     attend to; ratio <= 0: all cells.
 
     The bounds are floor(clamp(p - ratio) * h) and ceil(clamp(p + ratio) * h) with p = (i +
     1/2) / size, computed in float32 as the authors' mask is, so that the windows agree to
-    the cell where a bound falls on an integer.
+    the cell where a bound falls on an integer. In Python, not torch: the sizes stay Python
+    ints under torch.export, whose tensors hold no values.
     """
-    cells = (2 * torch.arange(size) + 1) * input_size // (2 * size)  # nearest-exact
+    cells = tuple((2 * i + 1) * input_size // (2 * size) for i in range(size))
     if ratio <= 0:
-        return cells, torch.zeros(size, dtype=torch.long), torch.full((size,), input_size)
-    pos = (torch.arange(size, dtype=torch.float32) + 0.5) / size
-    first = ((pos - ratio).clamp(0.0, 1.0) * input_size).floor().long()
-    end = ((pos + ratio).clamp(0.0, 1.0) * input_size).ceil().long()
-    return cells, first, end
+        return cells, (0,) * size, (input_size,) * size
+    ratio32 = _float32(ratio)
+    first, end = [], []
+    for i in range(size):
+        pos = _float32(_float32(i + 0.5) / size)
+        first.append(math.floor(_float32(min(max(_float32(pos - ratio32), 0.0), 1.0)
+                                         * input_size)))
+        end.append(math.ceil(_float32(min(max(_float32(pos + ratio32), 0.0), 1.0)
+                                      * input_size)))
+    return cells, tuple(first), tuple(end)
 
 
 def _axis_radius(size: int, input_size: int, ratio: float) -> int:
     """The smallest k // 2 whose window around each query's cell holds all its allowed cells."""
-    cells, first, end = _axis_bounds(size, input_size, ratio)
-    return int(torch.maximum(cells - first, end - 1 - cells).max())
+    return max(max(c - f, e - 1 - c) for c, f, e in zip(*_axis_bounds(size, input_size, ratio)))
 
 
 def _axis_mask(size: int, input_size: int, ratio: float, radius: int, device,
@@ -200,12 +216,10 @@ def _axis_mask(size: int, input_size: int, ratio: float, radius: int, device,
     """(k, size) additive mask: 0 where tap t of query i reads an allowed cell, -inf where
     its unclamped cell lies outside the window (this includes the taps that border='clamp'
     folds back onto the border)."""
-    cells, first, end = _axis_bounds(size, input_size, ratio)
-    taps = cells[None, :] + torch.arange(-radius, radius + 1)[:, None]
-    allowed = (taps >= first) & (taps < end)
-    mask = torch.zeros(allowed.shape, dtype=dtype)
-    mask[~allowed] = float('-inf')
-    return mask.to(device)
+    bounds = list(zip(*_axis_bounds(size, input_size, ratio)))
+    return torch.tensor([[0.0 if first <= cell + tap < end else float('-inf')
+                          for cell, first, end in bounds]
+                         for tap in range(-radius, radius + 1)], dtype=dtype, device=device)
 
 
 class AnyUp(nn.Module):
@@ -247,7 +261,15 @@ class AnyUp(nn.Module):
     Forward: ``forward(image, features, output_size=None)``; image (B, input_dim, H, W),
     ImageNet-normalised; features (B, C, h, w); output_size (Ho, Wo) or an int, default the
     image's (H, W). Returns (B, C, Ho, Wo) in the features' dtype.
+
+    ONNX: exports with both of torch's exporters (``featup_mmseg.ops.onnx_export``) at fixed
+    image, feature and output sizes; only the batch can stay dynamic.
     """
+
+    # for featup_mmseg.ops.onnx_export.export_onnx
+    onnx_static_axes = dict.fromkeys(
+        ('height', 'width'), 'its attention window, masks and pooling are computed from the '
+        'image, feature and output sizes in Python, so an export fixes them')
 
     def __init__(self, input_dim: int = 3, qk_dim: int = 128, kernel_size: int = 1,
                  kernel_size_lfu: int = 5, window_ratio: float = 0.1, num_heads: int = 4,
@@ -337,8 +359,8 @@ class AnyUp(nn.Module):
         low_size = tuple(features.shape[-2:])
         dtype = self.rope.freqs.dtype
         enc = self.rope(self.image_encoder(image.to(dtype)))
-        queries = F.adaptive_avg_pool2d(self.query_encoder(enc), out_size)
-        keys = F.adaptive_avg_pool2d(self.key_encoder(enc), low_size)
+        queries = average_pool(self.query_encoder(enc), out_size)
+        keys = average_pool(self.key_encoder(enc), low_size)
         unified = self.key_features_encoder(F.normalize(features.to(dtype), dim=1))
         keys = self.aggregation(torch.cat([keys, unified.to(keys.dtype)], dim=1))
         return self._attend(queries, keys, features)
@@ -350,12 +372,16 @@ class AnyUp(nn.Module):
         queries = attn.norm_q(block.conv2d(queries))
         keys = attn.norm_k(keys)
         head_dim = self.qk_dim // self.num_heads
-        # nn.MultiheadAttention scales the projected queries before the products
-        queries = F.linear(queries.movedim(1, -1), attn.q_proj.weight, attn.q_proj.bias)
-        queries = (queries * head_dim ** -0.5).movedim(-1, 1)
-        keys = F.linear(keys.movedim(1, -1), attn.k_proj.weight).movedim(-1, 1)
-        batch, _, out_h, out_w = queries.shape
-        low_h, low_w = keys.shape[-2:]
+        # nn.MultiheadAttention scales the projected queries before the products. Channels
+        # moved by non-negative dims: torch.onnx's TorchScript exporter writes movedim(-1, 1)
+        # as a Transpose with a negative perm, which ONNX Runtime refuses.
+        queries = F.linear(queries.movedim(1, 3), attn.q_proj.weight, attn.q_proj.bias)
+        queries = (queries * head_dim ** -0.5).movedim(3, 1)
+        keys = F.linear(keys.movedim(1, 3), attn.k_proj.weight).movedim(3, 1)
+        batch = queries.shape[0]
+        # Python ints: the window and masks below are built from them (torch.jit.trace
+        # would hand sizes over as 0-d tensors, the batch's included, which may stay one)
+        out_h, out_w, low_h, low_w = (int(n) for n in (*queries.shape[2:], *keys.shape[2:]))
         heads = self.num_heads
         # heads are contiguous channel blocks (as in nn.MultiheadAttention), folded into the batch
         queries = queries.reshape(batch * heads, head_dim, out_h, out_w)

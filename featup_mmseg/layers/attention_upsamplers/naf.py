@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from featup_mmseg.layers.argument_checks import check_int, check_number, check_size
+from featup_mmseg.layers.pooling import average_pool
 from featup_mmseg.ops import neighbourhood_attention_aggregate, neighbourhood_attention_scores
 
 __all__ = ['NAF', 'convert_published_naf']
@@ -117,7 +118,7 @@ class _ImageEncoder(nn.Module):
             size = (min(height, 4 * ho, 4 * wo), min(width, 4 * wo, 4 * ho))
             image = F.interpolate(image, size=size, mode='bilinear', align_corners=False)
         x = torch.cat([self.encoder(image), self.sem_encoder(image)], dim=1)
-        x = F.adaptive_avg_pool2d(x, output_size)
+        x = average_pool(x, output_size)
         return self.rope(x)
 
 
@@ -174,7 +175,15 @@ class NAF(nn.Module):
       resized to (min(H, 4 Ho, 4 Wo), min(W, 4 Wo, 4 Ho)) -- both axes capped by the
       smaller bound, which changes the aspect ratio for non-square outputs. Kept, as that is
       what the released model was trained and evaluated with.
+
+    ONNX: exports with both of torch's exporters (``featup_mmseg.ops.onnx_export``) at fixed
+    image, feature and output sizes; only the batch can stay dynamic.
     """
+
+    # for featup_mmseg.ops.onnx_export.export_onnx
+    onnx_static_axes = dict.fromkeys(
+        ('height', 'width'), 'its attention window, padding and pooling are computed from the '
+        'image, feature and output sizes in Python, so an export fixes them')
 
     def __init__(self, dim: int = 256, heads_attn: int = 4, heads_rope: int = 4,
                  kernel_size: int = 9, rope_base: float = 100.0,
@@ -225,10 +234,13 @@ class NAF(nn.Module):
         weight = self.image_encoder.encoder[0].weight
         encoding = self.image_encoder(image.to(weight.dtype), output_size)
 
-        b, c, h, w = features.shape
+        b, c = features.shape[:2]
+        # Python ints: the padding and window below follow them (torch.jit.trace would
+        # hand them over as 0-d tensors)
+        h, w = (int(n) for n in features.shape[2:])
         n = self.heads_attn
         dtype = features.dtype
-        keys = F.adaptive_avg_pool2d(encoding, (h, w))
+        keys = average_pool(encoding, (h, w))
         queries = encoding.to(dtype).reshape(b * n, self.dim // n, *output_size)
         keys = keys.to(dtype).reshape(b * n, self.dim // n, h, w)
         values = features.reshape(b * n, c // n, h, w)
