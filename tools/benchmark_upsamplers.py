@@ -236,12 +236,17 @@ def machine(device):
 
 def print_table(results, references):
     """A markdown table of {method: {measure: value}}, with each measure's ratio to the
-    references' (methods) after the values."""
+    references' (methods) after the values; '-' where the reference's value is 0 (a tiny
+    run's peak that stays under the process's earlier high-water mark)."""
     measures = list(next(iter(results.values())))
     columns = ['method'] + measures + [f'{measure.split()[0]} / {reference}'
                                        for reference in references for measure in measures]
+
+    def ratio(value, reference):
+        return f'{value / reference:.2f}x' if reference else '-'
+
     body = [[method] + [f'{values[measure]:.1f}' for measure in measures] +
-            [f'{values[measure] / results[reference][measure]:.2f}x'
+            [ratio(values[measure], results[reference][measure])
              for reference in references for measure in measures]
             for method, values in results.items()]
     widths = [max(len(cells[i]) for cells in [columns] + body) for i in range(len(columns))]
