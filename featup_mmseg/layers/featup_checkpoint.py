@@ -18,7 +18,7 @@ import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Mapping, Optional, Tuple, Union
+from typing import Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -65,6 +65,34 @@ def load_state_dict_strict(module: nn.Module, state_dict: Mapping[str, torch.Ten
                 report.append(f'{len(keys)} {title}:\n  ' + '\n  '.join(keys))
         raise ValueError('\n'.join(report))
     module.load_state_dict(state_dict, strict=True)
+
+
+def check_state_dict_layout(state_dict: Mapping, shapes: Mapping[str, Tuple[int, ...]],
+                            header: str, notes: Sequence[str] = (),
+                            limit: Optional[int] = None) -> None:
+    """Refuses ``state_dict`` unless its keys are those of ``shapes`` with tensors of those
+    shapes: a ValueError of ``header``, the ``notes`` and every missing, unexpected and
+    mis-shaped key (at most ``limit`` of each kind, the rest counted)."""
+    missing = sorted(set(shapes) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(shapes))
+    misshaped = []
+    for key in sorted(set(shapes) & set(state_dict)):
+        value = state_dict[key]
+        if not isinstance(value, torch.Tensor):
+            misshaped.append(f'{key}: a {type(value).__name__}, expected a tensor '
+                             f'{shapes[key]}')
+        elif tuple(value.shape) != tuple(shapes[key]):
+            misshaped.append(f'{key}: {tuple(value.shape)}, expected {shapes[key]}')
+    if not (missing or unexpected or misshaped):
+        return
+    report = [header, *notes]
+    for title, keys in (('missing keys', missing), ('unexpected keys', unexpected),
+                        ('mis-shaped keys', misshaped)):
+        if keys:
+            shown = keys if limit is None or len(keys) <= limit else \
+                keys[:limit] + [f'... {len(keys) - limit} more']
+            report.append(f'{len(keys)} {title}:\n  ' + '\n  '.join(shown))
+    raise ValueError('\n'.join(report))
 
 
 def read_state_dict(checkpoint: CheckpointSource,

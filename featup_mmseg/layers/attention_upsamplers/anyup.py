@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from ...ops import neighbourhood_attention_aggregate, neighbourhood_attention_scores
 from ..argument_checks import check_int, check_size
+from ..featup_checkpoint import check_state_dict_layout
 from ..pooling import average_pool
 
 OWNER = 'AnyUp'
@@ -433,28 +434,13 @@ def convert_published_anyup(state_dict: Mapping[str, torch.Tensor], *, input_dim
                          f'names to tensors), got {type(state_dict).__name__}')
     model = AnyUp(input_dim=input_dim, qk_dim=qk_dim, kernel_size=kernel_size,
                   kernel_size_lfu=kernel_size_lfu, lfu_dim=lfu_dim)
-    expected = _published_shapes(model)
-    missing = sorted(set(expected) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(expected))
-    wrong = []
-    for key in sorted(set(expected) & set(state_dict)):
-        value = state_dict[key]
-        if not isinstance(value, torch.Tensor):
-            wrong.append(f'{key}: a {type(value).__name__}, expected a tensor '
-                         f'{expected[key]}')
-        elif tuple(value.shape) != expected[key]:
-            wrong.append(f'{key}: {tuple(value.shape)}, expected {expected[key]}')
-    if missing or unexpected or wrong:
-        report = ['not an AnyUp checkpoint in the published layout (wimmerth/anyup, '
-                  f'qk_dim={qk_dim}, input_dim={input_dim}, kernel_size={kernel_size}, '
-                  f'kernel_size_lfu={kernel_size_lfu}, lfu_dim={lfu_dim}):']
-        if 'anyup' in state_dict and isinstance(state_dict.get('anyup'), Mapping):
-            report.append("this looks like an AnyUp training checkpoint: pass its ['anyup']")
-        for title, keys in (('missing keys', missing), ('unexpected keys', unexpected),
-                            ('mis-shaped keys', wrong)):
-            if keys:
-                report.append(f'{len(keys)} {title}:\n  ' + '\n  '.join(keys))
-        raise ValueError('\n'.join(report))
+    notes = ["this looks like an AnyUp training checkpoint: pass its ['anyup']"] \
+        if isinstance(state_dict.get('anyup'), Mapping) else []
+    check_state_dict_layout(
+        state_dict, _published_shapes(model),
+        'not an AnyUp checkpoint in the published layout (wimmerth/anyup, '
+        f'qk_dim={qk_dim}, input_dim={input_dim}, kernel_size={kernel_size}, '
+        f'kernel_size_lfu={kernel_size_lfu}, lfu_dim={lfu_dim}):', notes)
     converted = {key: value for key, value in state_dict.items() if not key.startswith(_MHA)}
     weight, bias = state_dict[_MHA + 'in_proj_weight'], state_dict[_MHA + 'in_proj_bias']
     converted[_OURS_ATTN + 'q_proj.weight'] = weight[:qk_dim].clone()

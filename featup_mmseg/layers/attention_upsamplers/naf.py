@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from featup_mmseg.layers.argument_checks import check_int, check_number, check_size
+from featup_mmseg.layers.featup_checkpoint import check_state_dict_layout
 from featup_mmseg.layers.pooling import average_pool
 from featup_mmseg.ops import neighbourhood_attention_aggregate, neighbourhood_attention_scores
 
@@ -335,23 +336,7 @@ def convert_published_naf(state_dict: Mapping[str, torch.Tensor]) -> Dict[str, t
         raise ValueError(f'not a NAF checkpoint: expected a state dict (mapping of names to '
                          f'tensors), got {type(state_dict).__name__}')
     layout = _published_layout()
-    missing = sorted(set(layout) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(layout))
-    misshaped = []
-    for key in sorted(set(layout) & set(state_dict)):
-        value = state_dict[key]
-        if not isinstance(value, torch.Tensor):
-            misshaped.append(f'{key}: a {type(value).__name__}, expected a tensor '
-                             f'{layout[key]}')
-        elif tuple(value.shape) != layout[key]:
-            misshaped.append(f'{key}: {tuple(value.shape)}, expected {layout[key]}')
-    if missing or unexpected or misshaped:
-        report = ['not a NAF checkpoint (the valeoai/NAF release layout, 37 tensors): '
-                  'nothing was converted.']
-        for title, keys in (('missing keys', missing), ('unexpected keys', unexpected),
-                            ('mis-shaped keys', misshaped)):
-            if keys:
-                shown = keys if len(keys) <= 20 else keys[:20] + [f'... {len(keys) - 20} more']
-                report.append(f'{len(keys)} {title}:\n  ' + '\n  '.join(shown))
-        raise ValueError('\n'.join(report))
+    check_state_dict_layout(state_dict, layout,
+                            'not a NAF checkpoint (the valeoai/NAF release layout, 37 '
+                            'tensors): nothing was converted.', limit=20)
     return {key: state_dict[key] for key in layout}
