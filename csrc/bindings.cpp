@@ -1,11 +1,12 @@
-// Registers the window ops, the neighbourhood attention ops and the bicubic resize with the
-// PyTorch dispatcher (schemas, CPU and CUDA kernels) and makes featup_mmseg._ext an
+// Registers the window ops, the neighbourhood attention ops, the bicubic resize and the
+// (CPU-only) dropout ops with the PyTorch dispatcher (schemas, CPU and CUDA kernels) and makes featup_mmseg._ext an
 // importable Python module. Fake (meta) kernels and autograd formulas are registered from
 // Python in featup_mmseg/ops/window_ops.py.
 #include <torch/extension.h>
 #include <torch/library.h>
 
 #include "bicubic_resize.h"
+#include "dropout_ops.h"
 #include "neighbourhood_attention.h"
 #include "window_ops.h"
 
@@ -37,6 +38,12 @@ TORCH_LIBRARY(featup_mmseg, m) {
       " int dilation, str border) -> Tensor");
   m.def("bicubic_resize(Tensor x, int[2] size) -> Tensor");
   m.def("bicubic_resize_backward(Tensor grad, int[2] input_size) -> Tensor");
+  // draws from the default generator: never merged with, or reordered across, another draw
+  m.def("bernoulli_out(Tensor(a!) out, float p) -> ()", {at::Tag::nondeterministic_seeded});
+  m.def("masked_dot(Tensor x, Tensor keep, Tensor weight) -> Tensor");
+  m.def(
+      "masked_dot_backward(Tensor grad, Tensor x, Tensor keep, Tensor weight,"
+      " bool[2] output_mask) -> (Tensor, Tensor)");
 }
 
 #define FEATUP_REGISTER_OPS(m)                                                    \
@@ -53,7 +60,12 @@ TORCH_LIBRARY(featup_mmseg, m) {
   m.impl("bicubic_resize", &featup_mmseg::bicubic_resize);                               \
   m.impl("bicubic_resize_backward", &featup_mmseg::bicubic_resize_backward)
 
-TORCH_LIBRARY_IMPL(featup_mmseg, CPU, m) { FEATUP_REGISTER_OPS(m); }
+TORCH_LIBRARY_IMPL(featup_mmseg, CPU, m) {
+  FEATUP_REGISTER_OPS(m);
+  m.impl("bernoulli_out", &featup_mmseg::bernoulli_out);
+  m.impl("masked_dot", &featup_mmseg::masked_dot);
+  m.impl("masked_dot_backward", &featup_mmseg::masked_dot_backward);
+}
 
 #ifdef WITH_CUDA
 TORCH_LIBRARY_IMPL(featup_mmseg, CUDA, m) { FEATUP_REGISTER_OPS(m); }

@@ -45,11 +45,10 @@ import time
 
 import torch
 
+from featup_mmseg import ops
 from featup_mmseg.layers import JBUStack, JBUStage
-from featup_mmseg.ops import (adaptive_conv, ext_available, neighbourhood_attention_aggregate,
-                              neighbourhood_attention_scores, use_reference_ops,
-                              window_correlation)
-from featup_mmseg.ops.reference import neighbourhood_sources
+from featup_mmseg.ops import adaptive_conv, ext_available, use_reference_ops, window_correlation
+from featup_mmseg.ops import reference as reference_ops
 
 # (B, C, H, W, k) of the ops; window_correlation runs with D = 32 keys at the same sizes.
 SHAPES = [(2, 256, 128, 128, 7), (1, 384, 224, 224, 7), (16, 2048, 32, 32, 5),
@@ -82,7 +81,9 @@ def op_shape(op, shape):
 
 def window_mask(high, low, kernel_size, device):
     """(high*high, low*low) bool: which low-res cells each query's window holds."""
-    sources = neighbourhood_sources(high, low, kernel_size, 1, ATTENTION_BORDER, device)
+    # through the modules, so that a baseline tree without these ops can import this file
+    sources = reference_ops.neighbourhood_sources(high, low, kernel_size, 1, ATTENTION_BORDER,
+                                                  device)
     axis = torch.zeros(high, low, dtype=torch.bool, device=device).scatter_(1, sources, True)
     return (axis[:, None, :, None] & axis[None, :, None, :]).reshape(high * high, low * low)
 
@@ -97,10 +98,10 @@ def attention_forward(queries, keys, values, kernel_size, outside_window=None):
         weights = logits.masked_fill(outside_window, float('-inf')).softmax(-1)
         out = values.flatten(3) @ weights.transpose(2, 3)  # (B, heads, c, HW)
     else:
-        scores = neighbourhood_attention_scores(queries.flatten(0, 1), keys.flatten(0, 1),
-                                                kernel_size, border=ATTENTION_BORDER)
-        out = neighbourhood_attention_aggregate(scores.softmax(1), values.flatten(0, 1),
-                                                border=ATTENTION_BORDER)
+        scores = ops.neighbourhood_attention_scores(queries.flatten(0, 1), keys.flatten(0, 1),
+                                                    kernel_size, border=ATTENTION_BORDER)
+        out = ops.neighbourhood_attention_aggregate(scores.softmax(1), values.flatten(0, 1),
+                                                    border=ATTENTION_BORDER)
     return out.reshape(batch, -1, height, width)
 
 

@@ -11,6 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..ops import bernoulli_mask, masked_dot
 from .argument_checks import check_choice, check_int
 
 
@@ -112,65 +113,6 @@ class _WindowWeightedSum(torch.autograd.Function):
         return grad_pixels, grad_weights, None, None
 
 
-class _DroppedLinear(torch.autograd.Function):
-    """linear(dropout(x)) to one output of channels-last pixels (..., C), the kept entries
-    given as a bool mask and the dropout's 1 / (1 - p) folded into the weight: neither a
-    float mask nor the dropped features are stored. They are formed a chunk of pixels at a
-    time (with ``where``, not a product with the mask that would first convert it to
-    floats): on CPU a cache-sized chunk, used while it is in cache; elsewhere larger ones,
-    for fewer launches."""
-
-    @staticmethod
-    def _chunk_size(flat_pixels: torch.Tensor) -> int:
-        # 4096 pixels: 6 MiB of 384-channel float32 features; at least 1 for an empty batch
-        return max(1, min(4096 if flat_pixels.device.type == 'cpu' else 65536,
-                          flat_pixels.shape[0]))
-
-    @staticmethod
-    def forward(ctx, pixels, keep, weight, bias):
-        flat_pixels, flat_keep = pixels.flatten(0, -2), keep.flatten(0, -2)
-        out = pixels.new_empty(flat_pixels.shape[0], 1)
-        dropped, zero = _DroppedLinear._buffers(flat_pixels)
-        for chunk, size in _DroppedLinear._chunks(flat_pixels):
-            torch.where(flat_keep[chunk], flat_pixels[chunk], zero, out=dropped[:size])
-            torch.addmm(bias, dropped[:size], weight.T, out=out[chunk])
-        ctx.save_for_backward(pixels, keep, weight)
-        return out.view(*pixels.shape[:-1], 1)
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        pixels, keep, weight = ctx.saved_tensors
-        flat_pixels, flat_keep = pixels.flatten(0, -2), keep.flatten(0, -2)
-        grad_flat = grad_out.reshape(-1, 1)
-        grad_pixels = torch.empty_like(flat_pixels) if ctx.needs_input_grad[0] else None
-        grad_weight = weight.new_zeros(weight.shape) if ctx.needs_input_grad[2] else None
-        grad_bias = grad_flat.sum(0) if ctx.needs_input_grad[3] else None
-        dropped, zero = _DroppedLinear._buffers(flat_pixels)
-        for chunk, size in _DroppedLinear._chunks(flat_pixels):
-            if grad_pixels is not None:
-                torch.mul(grad_flat[chunk], weight.view(-1), out=dropped[:size])
-                torch.where(flat_keep[chunk], dropped[:size], zero, out=grad_pixels[chunk])
-            if grad_weight is not None:
-                torch.where(flat_keep[chunk], flat_pixels[chunk], zero, out=dropped[:size])
-                grad_weight.addmm_(grad_flat[chunk].T, dropped[:size])
-        if grad_pixels is not None:
-            grad_pixels = grad_pixels.view(pixels.shape)
-        return grad_pixels, None, grad_weight, grad_bias
-
-    @staticmethod
-    def _buffers(flat_pixels: torch.Tensor):
-        """A chunk's scratch (chunk size, C) and the zero the dropped entries take."""
-        return (flat_pixels.new_empty(_DroppedLinear._chunk_size(flat_pixels),
-                                      flat_pixels.shape[1]), flat_pixels.new_zeros(()))
-
-    @staticmethod
-    def _chunks(flat_pixels: torch.Tensor):
-        """(slice, length) of each chunk of the (N, C) pixels."""
-        total, size = flat_pixels.shape[0], _DroppedLinear._chunk_size(flat_pixels)
-        for start in range(0, total, size):
-            yield slice(start, start + size), min(size, total - start)
-
-
 @functools.lru_cache(maxsize=None)
 def _dropout_draws_in_memory_order(device: torch.device) -> bool:
     """Whether ``F.dropout`` of a permuted (B, C, H, W)-contiguous tensor draws its mask in
@@ -249,20 +191,19 @@ class AttentionDownsampler(nn.Module):
         training, the dropout's mask is a bool tensor drawn from the same random numbers,
         in the same order, as ``nn.Dropout`` draws its own for the permuted
         (B, C, H, W)-contiguous features of the definition (an order that changed between
-        torch versions)."""
+        torch versions), and applied by ``masked_dot`` with the dropout's 1 / (1 - p)
+        folded into the weight: neither a float mask nor the dropped features are formed."""
         dropout, linear = self.attention_net
         if not self.training or dropout.p == 0:
             return linear(pixels)
         batch, height, width, channels = pixels.shape
         if _dropout_draws_in_memory_order(pixels.device):
-            keep = torch.empty((batch, channels, height, width), dtype=torch.bool,
-                               device=pixels.device).bernoulli_(1 - dropout.p)
-            keep = keep.permute(0, 2, 3, 1).contiguous()
+            keep = bernoulli_mask((batch, channels, height, width), 1 - dropout.p,
+                                  pixels.device).permute(0, 2, 3, 1)
         else:
-            keep = torch.empty_like(pixels, dtype=torch.bool,
-                                    memory_format=torch.contiguous_format)
-            keep = keep.bernoulli_(1 - dropout.p)
-        return _DroppedLinear.apply(pixels, keep, linear.weight / (1 - dropout.p), linear.bias)
+            keep = bernoulli_mask(pixels.shape, 1 - dropout.p, pixels.device)
+        saliency = masked_dot(pixels, keep, linear.weight[0] / (1 - dropout.p))
+        return saliency.unsqueeze(-1) + linear.bias
 
     def forward(self, features: torch.Tensor, output_size: Sequence[int]) -> torch.Tensor:
         stride, _ = window_grid(features.shape[-2:], output_size, self.kernel_size)

@@ -1,6 +1,6 @@
 """Pure-PyTorch reference of the window ops (FeatUp's adaptive convolution and its
 range-kernel correlation, paper section 3.2), of the cross-scale neighbourhood attention
-ops and of the bicubic resize.
+ops, of the bicubic resize and of the masked dot product.
 
 Written the obvious way, with an explicit padded copy and ``F.unfold``: it is the test
 oracle for the compiled kernels and the fallback when ``featup_mmseg._ext`` is not built.
@@ -137,3 +137,9 @@ def neighbourhood_attention_transpose_reference(attn: torch.Tensor, features: to
     with torch.enable_grad():
         out = neighbourhood_attention_aggregate_reference(attn, values, dilation, border)
     return torch.autograd.grad(out, values, features, create_graph=torch.is_grad_enabled())[0]
+
+
+def masked_dot_reference(x: torch.Tensor, keep: torch.Tensor,
+                         weight: torch.Tensor) -> torch.Tensor:
+    """``sum_c where(keep, x, 0) * weight`` over the last dimension."""
+    return (torch.where(keep, x, x.new_zeros(())) * weight).sum(-1)

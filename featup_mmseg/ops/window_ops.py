@@ -809,6 +809,12 @@ def _register_fake_kernels() -> None:
             lambda grad, features, kernel_size, mode, out, accumulate: None,
         'bicubic_resize_backward':
             lambda grad, input_size: grad.new_empty((*grad.shape[:2], *input_size)),
+        # the dropout ops (featup_mmseg/ops/dropout_ops.py)
+        'bernoulli_out': lambda out, p: None,
+        'masked_dot': lambda x, keep, weight: x.new_empty(x.shape[:2]),
+        'masked_dot_backward': lambda grad, x, keep, weight, output_mask: (
+            torch.empty_like(x, memory_format=torch.contiguous_format) if output_mask[0]
+            else None, torch.empty_like(weight) if output_mask[1] else None),
     }
     for name, fake in fakes.items():
         register(_LIBRARY + name, fake)
