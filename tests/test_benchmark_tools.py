@@ -94,6 +94,21 @@ def test_benchmark_jbu_head_reports_ratios():
     assert f'jbu-before: {ROOT}' in out, out
 
 
+def test_benchmark_jbu_head_counts_ops_on_both_paths():
+    result = subprocess.run([sys.executable, str(ROOT / 'tools' / 'benchmark_jbu_head.py'),
+                             '--quick', '--count-ops'], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    counts = {}
+    for label in ('bilinear', 'jbu, CPU path', 'jbu, accelerator path'):
+        match = re.search(rf'\n{label}\s+(\d+)\s+([\d.]+)x\s+\w+ \d+', out)
+        assert match, out
+        counts[label] = int(match.group(1))
+    assert counts['bilinear'] < counts['jbu, CPU path'] != counts['jbu, accelerator path'], out
+    assert 'target: at most 300 ops' in out, out
+
+
 def test_benchmark_pretraining_reports_ratios():
     # the baseline from a given built tree (this one): the default exports and builds the
     # default commit first, minutes the smoke test does not need

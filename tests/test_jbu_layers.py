@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from featup_mmseg.layers import (RANGE_KERNELS, JBUStack, JBUStage, jbu_guidance_products,
-                                  stage_sizes)
+from featup_mmseg.layers import (RANGE_KERNELS, JBUStack, JBUStage, accelerator_paths,
+                                 jbu_guidance_products, stage_sizes)
 from featup_mmseg.layers import bicubic
 from featup_mmseg.layers import jbu_stage as jbu_stage_module
 from featup_mmseg.layers.bicubic import bicubic_resize, resized_adaptive_conv
@@ -483,6 +483,37 @@ def test_stack_trains_like_the_spec_with_dropout():
         torch.testing.assert_close(g, w, rtol=0, atol=1e-10)
     with torch.no_grad():  # the masks did drop channels, so the comparison covered them
         assert not torch.allclose(out, stack.eval()(source, image))
+
+
+@pytest.mark.parametrize('paths', ['cpu', 'accelerator'])
+def test_both_code_paths_train_like_the_spec(paths):
+    """CPU tensors on the accelerators' code path (accelerator_paths: stored kernels, 1x1
+    convolutions, whole-batch resize chunks) give the spec's values and gradients too, and
+    really take that path: it dispatches convolutions, the CPU path none."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    stack = _randomise(JBUStack(feat_dim=4, num_stages=2, radius=2).double()).train()
+    source = torch.randn(2, 4, 5, 6, dtype=torch.float64, requires_grad=True)
+    image = torch.randn(2, 3, 20, 24, dtype=torch.float64)
+    params = dict(stack.named_parameters())
+    inputs = [source, *params.values()]
+    dispatched = set()
+
+    class Ops(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            dispatched.add(func.overloadpacket.__name__)
+            return func(*args, **(kwargs or {}))
+
+    grad = torch.randn(2, 4, 20, 24, dtype=torch.float64)
+    torch.manual_seed(3)
+    with (accelerator_paths() if paths == 'accelerator' else contextlib.nullcontext()), Ops():
+        out = stack(source, image)
+        grads = torch.autograd.grad(out, inputs, grad)
+    assert ('convolution' in dispatched) == (paths == 'accelerator')
+    torch.manual_seed(3)
+    expected = spec_stack(params, source, image, num_stages=2, radius=2, training=True)
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-10)
+    for g, w in zip(grads, torch.autograd.grad(expected, inputs, grad)):
+        torch.testing.assert_close(g, w, rtol=0, atol=1e-10)
 
 
 @pytest.mark.parametrize('range_kernel', RANGE_KERNELS)

@@ -27,9 +27,15 @@ case and implementation, its first step with glibc told to map every block of 64
 more on its own (MALLOC_MMAP_THRESHOLD_), so that a freed tensor leaves the resident set
 at once. On CUDA the live peak is the peak.
 
+``--count-ops`` instead counts the ops dispatched by one forward + backward of the decode
+head (views and allocations excluded; each is at least one kernel launch on a GPU) for the
+bilinear head and the JBU head on the CPU's code path and on the accelerators' path
+(``featup_mmseg.layers.accelerator_paths``: what a GPU runs, counted on CPU tensors).
+
     python tools/benchmark_jbu_head.py                  # CPU, SegFormer-B1 sizes
     python tools/benchmark_jbu_head.py --device cuda    # the same on the GPU
     python tools/benchmark_jbu_head.py --quick          # small sizes, a smoke test
+    python tools/benchmark_jbu_head.py --count-ops      # ops per head step, both paths
 """
 import argparse
 import json
@@ -52,6 +58,9 @@ LIVE_TENSORS_ENV = {'MALLOC_MMAP_THRESHOLD_': str(64 * 1024)}
 # (image size, batch) of the model and head cases; (C, input size, batch) of the stack
 FULL = {'image': 512, 'batch': 2, 'stack': (384, 14, 1)}
 QUICK = {'image': 64, 'batch': 1, 'stack': (16, 7, 1)}
+# --count-ops: what is not counted (no kernel of its own), and the target per path
+ALLOCATIONS = ('empty', 'empty_strided', 'empty_like', 'new_empty', 'new_empty_strided')
+OP_COUNT_TARGET = 300
 
 
 def before_tree(ref: str) -> Path:
@@ -110,7 +119,7 @@ def segmentation_batch(size, batch, device):
 
 
 def make_step(case, impl, sizes, device):
-    """A closure running one forward + backward of the case."""
+    """A closure running one forward + backward of the case, and the module it trains."""
     import torch
     from featup_mmseg.layers import JBUStack
     torch.manual_seed(0)
@@ -120,22 +129,67 @@ def make_step(case, impl, sizes, device):
         source = torch.randn(batch, channels, side, side, device=device, requires_grad=True)
         image = torch.randn(batch, 3, 16 * side, 16 * side, device=device)
         grad = torch.randn(batch, channels, 16 * side, 16 * side, device=device)
-        return lambda: stack(source, image).backward(grad)
+        return lambda: stack(source, image).backward(grad), stack
     model = build_segmentor(impl).to(device)
     images, samples = segmentation_batch(sizes['image'], sizes['batch'], device)
     if case == 'model':
-        return lambda: model.parse_losses(model.loss(images, samples))[0].backward()
+        return lambda: model.parse_losses(model.loss(images, samples))[0].backward(), model
     with torch.no_grad():
         features = model.extract_feat(images)
     head = model.decode_head
-    return lambda: model.parse_losses(head.loss(features, samples, model.train_cfg))[0].backward()
+    return (lambda: model.parse_losses(head.loss(features, samples, model.train_cfg))[0]
+            .backward(), head)
+
+
+def count_ops(impl, sizes, accelerator_path=False):
+    """Ops dispatched by one forward + backward of the decode head, by name (views and
+    allocations excluded), after one uncounted step (first-call probes and caches) and with
+    the gradients then cleared, as a training step's zero_grad does."""
+    import collections
+    import contextlib
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from featup_mmseg.layers import accelerator_paths
+    counts = collections.Counter()
+
+    class OpCounter(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            name = func.overloadpacket.__name__
+            if not func.is_view and name not in ALLOCATIONS:
+                counts[f'{func.namespace}::{name}'] += 1
+            return func(*args, **(kwargs or {}))
+
+    paths = accelerator_paths if accelerator_path else contextlib.nullcontext
+    with paths():
+        step, head = make_step('head', impl, sizes, 'cpu')
+        step()
+        head.zero_grad(set_to_none=True)
+        with OpCounter():
+            step()
+    return counts
+
+
+def print_op_counts(sizes):
+    print(f'ops dispatched by one forward + backward of the SegFormer-B1 decode head '
+          f'({sizes["image"]} x {sizes["image"]}, batch {sizes["batch"]}; views and '
+          'allocations excluded), on CPU tensors')
+    print(f'{"head":<30}{"ops":>6}{"/ bilinear":>12}   most dispatched')
+    bilinear = None
+    for label, impl, accelerator_path in (('bilinear', 'bilinear', False),
+                                          ('jbu, CPU path', 'jbu', False),
+                                          ('jbu, accelerator path', 'jbu', True)):
+        counts = count_ops(impl, sizes, accelerator_path)
+        total = sum(counts.values())
+        bilinear = bilinear or total
+        common = ', '.join(f'{name.split("::")[-1]} {n}' for name, n in counts.most_common(8))
+        print(f'{label:<30}{total:>6}{total / bilinear:>11.1f}x   {common}', flush=True)
+    print(f'target: at most {OP_COUNT_TARGET} ops on each path of the JBU head')
 
 
 def measure(case, impl, sizes, steps, device):
     """{'s': median seconds of ``steps`` steps after the first (and, on CUDA, after
     warm-up steps), 'peak_mib': the first's}; with ``steps`` 0 only the peak."""
     from benchmark_ops import peak_extra_mib, time_ms
-    step = make_step(case, impl, sizes, device)
+    step, _ = make_step(case, impl, sizes, device)
     peak_mib = peak_extra_mib(device, step)
     if steps == 0:
         return {'peak_mib': peak_mib}
@@ -187,11 +241,16 @@ def main():
     parser.add_argument('--before-tree', type=Path, default=None,
                         help='a source tree with its extension built, measured as jbu-before '
                         'instead of --before')
+    parser.add_argument('--count-ops', action='store_true',
+                        help='count the ops of a decode-head step on both code paths instead '
+                        'of timing (CPU)')
     parser.add_argument('--measure', help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.measure:
         return measure_request(args.measure)
     sizes = QUICK if args.quick else FULL
+    if args.count_ops:
+        return print_op_counts(sizes)
     repeats = args.repeats or (1 if args.quick else 3)
     steps = args.steps or (1 if args.quick else 20 if args.device == 'cuda' else 2)
     cases = [c for c in args.cases.split(',') if c]

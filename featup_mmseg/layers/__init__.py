@@ -1,6 +1,7 @@
 """Torch-only building blocks of FeatUp (no mmcv/mmseg needed): the JBU stage and stack,
 FeatUp's checkpoints, and the multi-view pretraining objective."""
 from .channel_norm import ChannelNorm
+from .code_paths import accelerator_paths
 from .downsamplers import AttentionDownsampler, SimpleDownsampler, build_downsampler
 from .featup_checkpoint import (FeatUpWeights, build_featup_upsampler, has_channel_norm,
                                 load_state_dict_strict, read_state_dict,
@@ -15,7 +16,8 @@ from .multiview import (Jitter, ReconstructionCriterion, multiview_reconstructio
 __all__ = [
     'AttentionDownsampler', 'ChannelNorm', 'FeatUpWeights', 'JBUStack', 'JBUStage', 'Jitter',
     'ImplicitFeatureField', 'ImplicitFeatures', 'ImplicitFitConfig', 'fit_implicit_features',
-    'RANGE_KERNELS', 'ReconstructionCriterion', 'SimpleDownsampler', 'build_downsampler',
+    'RANGE_KERNELS', 'ReconstructionCriterion', 'SimpleDownsampler', 'accelerator_paths',
+    'build_downsampler',
     'build_featup_upsampler', 'has_channel_norm', 'jbu_guidance_products',
     'load_state_dict_strict',
     'multiview_reconstruction_loss', 'read_state_dict', 'sample_jitter',

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from ..ops import (adaptive_conv, adaptive_conv_transpose, bicubic_resize_transpose,
                    ext_available, window_cross_correlation)
 from ..ops import bicubic_resize as compiled_bicubic_resize
+from .code_paths import takes_cpu_path
 
 # Largest resized chunk (bytes) of resized_adaptive_conv on CPU: small enough to stay in
 # the caches and in the allocator's reused memory, large enough that the per-chunk
@@ -150,7 +151,7 @@ class ResizedAggregation:
         self.resizer = _Resizer(source, kernel.shape[-2:])
         self.padding_mode = padding_mode
         batch, _, height, width = kernel.shape
-        if source.device.type == 'cpu':
+        if takes_cpu_path(source.device):
             # one batch element per chunk: its channel slices are contiguous, so neither the
             # ops nor the gradient's chunks copy them
             limit, batch_per_chunk = RESIZED_CHUNK_BYTES, 1

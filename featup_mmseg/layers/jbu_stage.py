@@ -10,6 +10,7 @@ from ..ops import adaptive_conv, window_correlation
 from ..ops.reference import window_patches
 from .argument_checks import check_choice, check_int
 from .bicubic import ResizedAggregation, bicubic_resize, resized_adaptive_conv
+from .code_paths import takes_cpu_path
 
 RANGE_KERNELS = ('softmax', 'no_mlp', 'gaussian_euclidean', 'gaussian_cosine')
 # FeatUp resolves window borders by reflection, in the range kernel and the aggregation.
@@ -50,7 +51,7 @@ def conv1x1(x: torch.Tensor, weight: torch.Tensor, bias=None) -> torch.Tensor:
     weight slices too.
     """
     batch, channels, height, width = x.shape
-    if x.device.type != 'cpu':
+    if not takes_cpu_path(x.device):
         return F.conv2d(x, weight.reshape(weight.shape[0], channels, 1, 1), bias)
     weight = weight.reshape(weight.shape[0], channels)
     out = torch.bmm(weight.expand(batch, -1, -1), x.reshape(batch, channels, height * width))
@@ -321,7 +322,7 @@ class JBUStage(nn.Module):
             return _KernelRecomputingStage.apply(self, source, guidance, products,
                                                  *self.parameters())
         training = torch.is_grad_enabled() and not recording()
-        if training and guidance.device.type == 'cpu':
+        if training and takes_cpu_path(guidance.device):
             # Under autocast: only the kernel's intermediates are recomputed (the dropout
             # masks identically: the RNG state is restored).
             kernel = checkpoint(self.kernel, guidance, products, use_reentrant=False)
@@ -371,7 +372,7 @@ def recomputes_kernel(guidance: torch.Tensor) -> bool:
     than storing it: CPU training, not under autocast (whose lower precision the chunked
     backward would not reproduce) and not while compiling or tracing
     (:func:`recording`)."""
-    return (torch.is_grad_enabled() and guidance.device.type == 'cpu' and not recording()
+    return (torch.is_grad_enabled() and takes_cpu_path(guidance.device) and not recording()
             and not autocast_enabled('cpu'))
 
 

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 from .argument_checks import check_choice, check_int, check_number
+from .code_paths import takes_cpu_path
 from .downsamplers import DOWNSAMPLERS, build_downsampler
 
 
@@ -91,7 +92,7 @@ class Jitter:
                line_by_line: Optional[bool] = None) -> torch.Tensor:
         """x's entries ``first`` along ``dim``, or their blend with ``second`` by the weights;
         line by line (:class:`_LineBlend`, by default on CPU) or as full-size gathers."""
-        if line_by_line if line_by_line is not None else x.device.type == 'cpu':
+        if line_by_line if line_by_line is not None else takes_cpu_path(x.device):
             return _LineBlend.apply(x, dim, *(None if taps is None else taps.tolist()
                                               for taps in (first, second, first_weight,
                                                            second_weight)))
