@@ -1,7 +1,7 @@
 // Registers the window ops, the neighbourhood attention ops, the bicubic resize and the
-// (CPU-only) dropout ops with the PyTorch dispatcher (schemas, CPU and CUDA kernels) and makes featup_mmseg._ext an
-// importable Python module. Fake (meta) kernels and autograd formulas are registered from
-// Python in featup_mmseg/ops/window_ops.py.
+// (CPU-only) dropout ops with the PyTorch dispatcher (schemas, CPU and CUDA kernels) and
+// makes featup_mmseg._ext an importable Python module. Fake (meta) kernels and autograd
+// formulas are registered from Python in featup_mmseg/ops/window_ops.py.
 #include <torch/extension.h>
 #include <torch/library.h>
 

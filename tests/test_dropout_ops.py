@@ -1,5 +1,7 @@
 """The dropout ops: the compiled Bernoulli mask draws what torch's bernoulli_ draws, and the
 masked dot product equals its definition (float64) on both of its paths."""
+import contextlib
+
 import pytest
 import torch
 
@@ -103,19 +105,17 @@ def test_masked_dot_gradient_of_one_input_only():
                                rtol=0, atol=1e-12)
 
 
-def test_masked_dot_spans_more_than_one_task_of_pixels():
+@pytest.mark.parametrize('compiled', [True, False], ids=['compiled', 'chunks'])
+def test_masked_dot_spans_more_than_one_task_of_pixels(compiled):
     # more pixels than one task of the CPU kernel (512) and one chunk (4096), in float32
     torch.manual_seed(0)
     x = torch.randn(1, 4100, 3, requires_grad=True)
     keep = torch.rand(1, 4100, 3) < 0.5
     weight = torch.randn(3, requires_grad=True)
-    for run in (lambda: masked_dot(x, keep, weight),
-                lambda: masked_dot_reference(x, keep, weight)):
-        out = run()
-        out.backward(torch.ones_like(out))
-    grads = [x.grad.clone() / 2, weight.grad.clone() / 2]  # both runs accumulated
-    torch.testing.assert_close(masked_dot(x, keep, weight), masked_dot_reference(x, keep, weight),
-                               rtol=1e-5, atol=1e-5)
+    with contextlib.nullcontext() if compiled else use_reference_ops():
+        out = masked_dot(x, keep, weight)
+    grads = torch.autograd.grad(out, (x, weight), torch.ones_like(out))
+    torch.testing.assert_close(out, masked_dot_reference(x, keep, weight), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(grads[0], torch.where(keep, weight.detach(), 0), rtol=0, atol=0)
     torch.testing.assert_close(grads[1], torch.where(keep, x.detach(), 0).sum((0, 1)),
                                rtol=1e-5, atol=1e-4)

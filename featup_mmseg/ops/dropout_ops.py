@@ -125,7 +125,7 @@ class _CompiledMaskedDot(torch.autograd.Function):
     def backward(ctx, grad):
         x, keep, weight = ctx.saved_tensors
         grad_x, grad_weight = torch.ops.featup_mmseg.masked_dot_backward(
-            grad.contiguous(), x, keep, weight,
+            grad, x, keep, weight,
             [ctx.needs_input_grad[0], ctx.needs_input_grad[2]])
         return grad_x, None, grad_weight
 
@@ -143,7 +143,8 @@ class _ChunkedMaskedDot(torch.autograd.Function):
 
     @staticmethod
     def _chunks(flat_x: torch.Tensor):
-        """(slice, length) of each chunk of the (N, C) pixels, and a chunk's scratch."""
+        """(slice, scratch) of each chunk of the (N, C) pixels: the chunk's rows, and a
+        (length, C) view of one scratch buffer that all chunks share."""
         total, size = flat_x.shape[0], _ChunkedMaskedDot._chunk_size(flat_x)
         scratch = flat_x.new_empty(size, flat_x.shape[1])
         return [(slice(start, start + size), scratch[:min(size, total - start)])
