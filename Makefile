@@ -32,7 +32,7 @@ OLDEST_SRC := build/torch21
 OLDEST_DEPS_STAMP := $(OLDEST_VENV)/.featup-deps
 OLDEST_EXT_STAMP := $(OLDEST_VENV)/.featup-ext
 # the test files that run again with the ops behind torch.autograd.Function
-LEGACY_OPS_TESTS := tests/test_ops.py tests/test_jbu_layers.py tests/test_feature_upsamplers.py \
+LEGACY_OPS_TESTS := tests/test_ops.py tests/test_range_kernel_op.py tests/test_jbu_layers.py tests/test_feature_upsamplers.py \
 	tests/test_neighbourhood_attention.py
 
 .PHONY: install demo docs package test test-default test-oldest oldest-sources bench clean

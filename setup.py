@@ -98,7 +98,8 @@ def make_extension():
     sources = ['csrc/bindings.cpp', 'csrc/window_ops.cpp', 'csrc/cpu/window_ops_cpu.cpp',
                'csrc/neighbourhood_attention.cpp', 'csrc/cpu/neighbourhood_attention_cpu.cpp',
                'csrc/bicubic_resize.cpp', 'csrc/cpu/bicubic_resize_cpu.cpp',
-               'csrc/dropout_ops.cpp', 'csrc/cpu/dropout_ops_cpu.cpp']
+               'csrc/dropout_ops.cpp', 'csrc/cpu/dropout_ops_cpu.cpp',
+               'csrc/range_kernel.cpp', 'csrc/cpu/range_kernel_cpu.cpp']
     # -fopenmp: at::parallel_for only runs in parallel when the caller is built with OpenMP.
     extra_compile_args = {'cxx': ['-O3', '-fopenmp']}
     kwargs = dict(extra_link_args=['-fopenmp'], include_dirs=[os.path.abspath('csrc')])

@@ -1,4 +1,4 @@
-// Registers the window ops, the neighbourhood attention ops, the bicubic resize and the
+// Registers the window ops, the fused range kernel, the neighbourhood attention ops, the bicubic resize and the
 // (CPU-only) dropout ops with the PyTorch dispatcher (schemas, CPU and CUDA kernels) and
 // makes featup_mmseg._ext an importable Python module. Fake (meta) kernels and autograd
 // formulas are registered from Python in featup_mmseg/ops/window_ops.py.
@@ -8,6 +8,7 @@
 #include "bicubic_resize.h"
 #include "dropout_ops.h"
 #include "neighbourhood_attention.h"
+#include "range_kernel.h"
 #include "window_ops.h"
 
 TORCH_LIBRARY(featup_mmseg, m) {
@@ -36,6 +37,14 @@ TORCH_LIBRARY(featup_mmseg, m) {
   m.def(
       "neighbourhood_attention_transpose(Tensor attn, Tensor features, int[2] input_size,"
       " int dilation, str border) -> Tensor");
+  // one JBU stage's normalised range kernel (variant: softmax, gaussian_euclidean,
+  // gaussian_cosine), and its gradients for keys, scale and spatial
+  m.def(
+      "normalized_range_kernel(Tensor keys, Tensor scale, Tensor spatial, int kernel_size,"
+      " str variant, str padding_mode) -> Tensor");
+  m.def(
+      "normalized_range_kernel_backward(Tensor grad, Tensor keys, Tensor scale, Tensor spatial,"
+      " int kernel_size, str variant, str padding_mode) -> (Tensor, Tensor, Tensor)");
   m.def("bicubic_resize(Tensor x, int[2] size) -> Tensor");
   m.def("bicubic_resize_backward(Tensor grad, int[2] input_size) -> Tensor");
   // draws from the default generator: never merged with, or reordered across, another draw
@@ -65,6 +74,9 @@ TORCH_LIBRARY_IMPL(featup_mmseg, CPU, m) {
   m.impl("bernoulli_out", &featup_mmseg::bernoulli_out);
   m.impl("masked_dot", &featup_mmseg::masked_dot);
   m.impl("masked_dot_backward", &featup_mmseg::masked_dot_backward);
+  // CPU kernels only: elsewhere featup_mmseg.ops composes the range kernel of the window ops
+  m.impl("normalized_range_kernel", &featup_mmseg::normalized_range_kernel);
+  m.impl("normalized_range_kernel_backward", &featup_mmseg::normalized_range_kernel_backward);
 }
 
 #ifdef WITH_CUDA

@@ -27,15 +27,6 @@ struct Launcher {
 #define FEATUP_LAUNCHER(name) (Launcher{&name##_cpu, nullptr})
 #endif
 
-PaddingMode parse_padding_mode(c10::string_view name) {
-  if (name == "reflect") return PaddingMode::Reflect;
-  if (name == "zeros") return PaddingMode::Zeros;
-  if (name == "replicate") return PaddingMode::Replicate;
-  TORCH_CHECK(false, "padding_mode must be 'reflect', 'zeros' or 'replicate', got '",
-              std::string(name), "'");
-}
-
-
 // Checks that `other` lives with `reference` and shares its batch and spatial size.
 void check_companion(const char* op, const char* ref_name, const at::Tensor& reference,
                      const char* name, const at::Tensor& other) {
@@ -49,19 +40,6 @@ void check_companion(const char* op, const char* ref_name, const at::Tensor& ref
               op, ": ", name, " must have batch and spatial size (", reference.size(0), ", *, ",
               reference.size(2), ", ", reference.size(3), ") like ", ref_name, ", got ",
               other.sizes());
-}
-
-// Launchers are only called for non-empty outputs: on a zero-width or zero-height map the
-// border mapping has no source index to return, so callers return before launching.
-WindowGeometry make_geometry(const char* op, const at::Tensor& t, int64_t kernel_size,
-                             c10::string_view padding_mode) {
-  TORCH_CHECK(kernel_size > 0 && kernel_size % 2 == 1, op,
-              ": kernel_size must be a positive odd number, got ", kernel_size);
-  const WindowGeometry g{t.size(2), t.size(3), kernel_size / 2, parse_padding_mode(padding_mode)};
-  TORCH_CHECK(g.mode != PaddingMode::Reflect || (g.radius < g.height && g.radius < g.width), op,
-              ": reflect padding needs kernel_size // 2 < H and < W, got kernel_size ",
-              kernel_size, " for spatial size (", g.height, ", ", g.width, ")");
-  return g;
 }
 
 int64_t kernel_size_from_taps(const char* op, int64_t taps) {
@@ -127,6 +105,27 @@ at::Tensor kernel_over_planes(const char* op, const char* planes_name, const at:
 }
 
 }  // namespace
+
+PaddingMode parse_padding_mode(c10::string_view name) {
+  if (name == "reflect") return PaddingMode::Reflect;
+  if (name == "zeros") return PaddingMode::Zeros;
+  if (name == "replicate") return PaddingMode::Replicate;
+  TORCH_CHECK(false, "padding_mode must be 'reflect', 'zeros' or 'replicate', got '",
+              std::string(name), "'");
+}
+
+// Launchers are only called for non-empty outputs: on a zero-width or zero-height map the
+// border mapping has no source index to return, so callers return before launching.
+WindowGeometry make_geometry(const char* op, const at::Tensor& t, int64_t kernel_size,
+                             c10::string_view padding_mode) {
+  TORCH_CHECK(kernel_size > 0 && kernel_size % 2 == 1, op,
+              ": kernel_size must be a positive odd number, got ", kernel_size);
+  const WindowGeometry g{t.size(2), t.size(3), kernel_size / 2, parse_padding_mode(padding_mode)};
+  TORCH_CHECK(g.mode != PaddingMode::Reflect || (g.radius < g.height && g.radius < g.width), op,
+              ": reflect padding needs kernel_size // 2 < H and < W, got kernel_size ",
+              kernel_size, " for spatial size (", g.height, ", ", g.width, ")");
+  return g;
+}
 
 void check_map(const char* op, const char* name, const at::Tensor& t) {
   TORCH_CHECK(t.dim() == 4, op, ": ", name, " must be a 4-D (B, C, H, W) tensor, got shape ",

@@ -13,6 +13,14 @@ namespace featup_mmseg {
 // floating dtype, or an error naming op and argument.
 void check_map(const char* op, const char* name, const at::Tensor& t);
 
+// padding_mode's PaddingMode, or an error naming the accepted modes.
+PaddingMode parse_padding_mode(c10::string_view name);
+
+// The window geometry of maps like t, or an error naming op: kernel_size positive and odd,
+// and for reflect padding kernel_size // 2 < H and < W.
+WindowGeometry make_geometry(const char* op, const at::Tensor& t, int64_t kernel_size,
+                             c10::string_view padding_mode);
+
 // Ops registered with the dispatcher (schemas in bindings.cpp).
 at::Tensor window_correlation(const at::Tensor& keys, int64_t kernel_size,
                               c10::string_view padding_mode);

@@ -1,6 +1,7 @@
 """Pure-PyTorch reference of the window ops (FeatUp's adaptive convolution and its
-range-kernel correlation, paper section 3.2), of the cross-scale neighbourhood attention
-ops, of the bicubic resize and of the masked dot product.
+range-kernel correlation, paper section 3.2), of a JBU stage's normalised range kernel, of
+the cross-scale neighbourhood attention ops, of the bicubic resize and of the masked dot
+product.
 
 Written the obvious way, with an explicit padded copy and ``F.unfold``: it is the test
 oracle for the compiled kernels and the fallback when ``featup_mmseg._ext`` is not built.
@@ -40,6 +41,35 @@ def window_cross_correlation_reference(queries: torch.Tensor, keys: torch.Tensor
                                        padding_mode: str = 'reflect') -> torch.Tensor:
     """logits[b, p, y, x] = sum_d queries[b, d, y, x] * keys~[b, d, y + i - r, x + j - r]."""
     return (window_patches(keys, kernel_size, padding_mode) * queries.unsqueeze(2)).sum(1)
+
+
+def normalized_range_kernel_reference(keys: torch.Tensor, scale: torch.Tensor,
+                                      spatial: torch.Tensor, kernel_size: int = 7,
+                                      variant: str = 'softmax', padding_mode: str = 'reflect',
+                                      correlation=window_correlation_reference) -> torch.Tensor:
+    """K = R * spatial / clamp(sum_p R * spatial, min=1e-7), R the range kernel of ``variant``
+    over the window dot products <Q_c, Q~_p> of the keys:
+
+    - 'softmax': softmax over the taps of scale * <Q_c, Q~_p>;
+    - 'gaussian_euclidean': exp(-scale * clamp_min(|Q_c|^2 + |Q~_p|^2 - 2 <Q_c, Q~_p>, 0));
+    - 'gaussian_cosine': exp(-scale * (1 - <Q_c, Q~_p>)), for unit keys.
+
+    ``correlation``: the window correlation it is composed of (the reference by default;
+    featup_mmseg.ops passes its compiled op where it has no fused kernel).
+    """
+    dots = correlation(keys, kernel_size, padding_mode)
+    if variant == 'softmax':
+        range_kernel = F.softmax(scale * dots, dim=1)
+    else:
+        if variant == 'gaussian_cosine':
+            distance = 1 - dots
+        else:
+            norms = keys.square().sum(1, keepdim=True)
+            window_norms = window_patches(norms, kernel_size, padding_mode)[:, 0]
+            distance = (norms + window_norms - 2 * dots).clamp_min(0)
+        range_kernel = torch.exp(-scale * distance)
+    combined = range_kernel * spatial.view(1, -1, 1, 1)
+    return combined / combined.sum(1, keepdim=True).clamp(min=1e-7)
 
 
 def adaptive_conv_reference(x: torch.Tensor, kernel: torch.Tensor,

@@ -1,6 +1,6 @@
 """Python API of the window ops (FeatUp's adaptive convolution and its range-kernel
-correlation, paper section 3.2), of the cross-scale neighbourhood attention ops and of the
-bicubic resize.
+correlation, paper section 3.2), of a JBU stage's fused normalised range kernel, of the
+cross-scale neighbourhood attention ops and of the bicubic resize.
 
 The compiled kernels live in ``featup_mmseg._ext`` and are registered with the PyTorch
 dispatcher as ``torch.ops.featup_mmseg.*``. Their autograd is chosen once, at import, by
@@ -32,10 +32,12 @@ from .reference import (adaptive_conv_reference, adaptive_conv_transpose_referen
                         neighbourhood_attention_aggregate_reference,
                         neighbourhood_attention_scores_reference,
                         neighbourhood_attention_transpose_reference,
-                        window_correlation_reference, window_cross_correlation_reference)
+                        normalized_range_kernel_reference, window_correlation_reference,
+                        window_cross_correlation_reference)
 
 PADDING_MODES = ('reflect', 'zeros', 'replicate')
 NEIGHBOURHOOD_BORDERS = ('shift', 'clamp')
+RANGE_VARIANTS = ('softmax', 'gaussian_euclidean', 'gaussian_cosine')
 # Set to 1 to run the compiled kernels behind torch.autograd.Function (the path taken on
 # torch < 2.4) instead of the dispatcher registrations, e.g. to test both on one stack.
 LEGACY_OPS_ENV = 'FEATUP_MMSEG_LEGACY_OPS'
@@ -85,6 +87,18 @@ _ext = _load_extension()
 # Plain booleans: TorchDynamo (torch < 2.4) cannot compare a module with None.
 _HAS_EXT = _ext is not None
 _HAS_CUDA_KERNELS = _HAS_EXT and _ext.compiled_with_cuda()
+
+
+def _devices_with_kernel(name: str) -> tuple:
+    """The device types ('cpu', 'cuda') for which the extension has a kernel of op ``name``
+    (the fused range kernel has CPU kernels only)."""
+    if not _HAS_EXT:
+        return ()
+    return tuple(device for device, key in (('cpu', 'CPU'), ('cuda', 'CUDA'))
+                 if torch._C._dispatch_has_kernel_for_dispatch_key(_LIBRARY + name, key))
+
+
+_RANGE_KERNEL_DEVICES = _devices_with_kernel('normalized_range_kernel')
 _warned_devices = set()
 # Process-wide, not per thread: autograd runs CUDA backward passes, and the recomputation
 # of checkpointed code within them, in threads of its own, which must run the same ops.
@@ -388,6 +402,66 @@ def adaptive_conv_transpose(y: torch.Tensor, kernel: torch.Tensor,
     if _use_ext(y.device):
         return _compiled_ops.adaptive_conv_backward_features(y, kernel, padding_mode)
     return adaptive_conv_transpose_reference(y, kernel, padding_mode)
+
+
+def normalized_range_kernel(keys: torch.Tensor, scale: torch.Tensor, spatial: torch.Tensor,
+                            kernel_size: int = 7, variant: str = 'softmax',
+                            padding_mode: str = 'reflect') -> torch.Tensor:
+    """A JBU stage's per-pixel kernel before its fixup: range kernel times spatial kernel,
+    normalised over the taps, as one op.
+
+    ``K[b, p] = R[b, p] * spatial[p] / clamp(sum_q R[b, q] * spatial[q], min=1e-7)``, where R
+    is a function of the window dot products ``<Q_c, Q~_p>`` (:func:`window_correlation`):
+
+    - 'softmax' (FeatUp, and its ablation without the key MLP): softmax over the taps of
+      ``scale * <Q_c, Q~_p>``, scale the temperature ``clamp(exp(range_temp), 1e-4, 1e4)``;
+    - 'gaussian_euclidean': ``exp(-scale * clamp_min(|Q_c|^2 + |Q~_p|^2 - 2 <Q_c, Q~_p>, 0))``,
+      scale = 1 / (2 sigma_range^2);
+    - 'gaussian_cosine': ``exp(-scale * (1 - <Q_c, Q~_p>))`` for keys the caller normalised
+      to unit length (``F.normalize(keys, dim=1)``), scale = 1 / (2 sigma_range^2).
+
+    On CPU one compiled kernel forward and one backward (the gradients of keys, scale and
+    spatial together) instead of a dozen ops each way; elsewhere, under torch.jit.trace and
+    in ONNX export (whose exporters translate the window ops), the same composition of the
+    window ops (:func:`normalized_range_kernel_reference` over :func:`window_correlation`).
+    Gradients of any order: the first through the backward kernel; where the backward
+    itself is differentiated (create_graph), it recomputes the composition and
+    differentiates that instead.
+
+    Args:
+        keys: (B, D, H, W), float32 or float64 (cast half-precision keys to float32).
+        scale: 0-dim tensor of keys' dtype and device.
+        spatial: (k*k,) spatial kernel, tap p = i*k + j, of keys' dtype and device.
+        kernel_size: odd window size k.
+        variant: one of ``RANGE_VARIANTS``.
+        padding_mode: the window's border handling: 'reflect' (FeatUp), 'zeros' or
+            'replicate'.
+
+    Returns:
+        (B, k*k, H, W) tensor of keys' dtype.
+    """
+    op = 'normalized_range_kernel'
+    _check_map(op, 'keys', keys)
+    if keys.dtype not in (torch.float32, torch.float64):
+        raise ValueError(f'{op}: keys must be float32 or float64 (cast half-precision keys to '
+                         f'float32), got {keys.dtype}')
+    if variant not in RANGE_VARIANTS:
+        raise ValueError(f'{op}: variant must be one of {RANGE_VARIANTS}, got {variant!r}')
+    _check_window(op, kernel_size, padding_mode, keys.shape[2], keys.shape[3])
+    for name, t, shape, what in (('scale', scale, (), 'a 0-dim tensor'),
+                                 ('spatial', spatial, (kernel_size**2, ),
+                                  f'a ({kernel_size**2},) tensor, one weight per tap')):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f'{op}: {name} must be a torch.Tensor, got {type(t).__name__}')
+        if tuple(t.shape) != shape:
+            raise ValueError(f'{op}: {name} must be {what}, got shape {tuple(t.shape)}')
+        _check_same_place(op, name, t, 'keys', keys)
+    if _use_ext(keys.device) and keys.device.type in _RANGE_KERNEL_DEVICES \
+            and not torch.jit.is_tracing() and not torch.onnx.is_in_onnx_export():
+        return _compiled_ops.normalized_range_kernel(keys, scale, spatial, kernel_size, variant,
+                                                     padding_mode)
+    return normalized_range_kernel_reference(keys, scale, spatial, kernel_size, variant,
+                                             padding_mode, correlation=window_correlation)
 
 
 def bicubic_resize(x: torch.Tensor, size) -> torch.Tensor:
@@ -740,6 +814,22 @@ def _bicubic_resize_backward_vjp(ops, grad, needs, input_size):
     return (ops.bicubic_resize(grad, input_size),)
 
 
+def _normalized_range_kernel_vjp(ops, grad, needs, keys, scale, spatial, kernel_size, variant,
+                                 padding_mode):
+    wanted = needs[:3]
+    if torch.is_grad_enabled():
+        # create_graph: the backward kernel has no derivative of its own, so the gradient is
+        # that of the recomputed composition of the window ops, whose rules give any order
+        inputs = [t for t, want in zip((keys, scale, spatial), wanted) if want]
+        out = normalized_range_kernel_reference(keys, scale, spatial, kernel_size, variant,
+                                                padding_mode, correlation=ops.window_correlation)
+        grads = iter(torch.autograd.grad(out, inputs, grad, create_graph=True))
+        return tuple(next(grads) if want else None for want in wanted)
+    grads = torch.ops.featup_mmseg.normalized_range_kernel_backward(
+        grad, keys, scale, spatial, kernel_size, variant, padding_mode)
+    return tuple(g if want else None for g, want in zip(grads, wanted))
+
+
 def _save_inputs(ctx, inputs, num_tensors: int) -> None:
     """For the bilinear window ops: their tensor inputs, and the other arguments."""
     ctx.save_for_backward(*inputs[:num_tensors])
@@ -764,6 +854,7 @@ _OPS = {
                                           _save_inputs),
     'neighbourhood_attention_transpose': (2, _neighbourhood_attention_transpose_vjp,
                                           _save_inputs),
+    'normalized_range_kernel': (3, _normalized_range_kernel_vjp, _save_inputs),
     'bicubic_resize': (1, _bicubic_resize_vjp, _save_input_size),
     'bicubic_resize_backward': (1, _bicubic_resize_backward_vjp, _save_input_size),
 }
@@ -802,6 +893,11 @@ def _register_fake_kernels() -> None:
         'neighbourhood_attention_transpose':
             lambda attn, features, input_size, dilation, border: features.new_empty(
                 (*features.shape[:2], *input_size)),
+        'normalized_range_kernel':
+            lambda keys, scale, spatial, kernel_size, variant, mode: taps_like(keys, kernel_size),
+        'normalized_range_kernel_backward':
+            lambda grad, keys, scale, spatial, kernel_size, variant, mode:
+                (keys_like(keys), scale.new_empty(()), spatial.new_empty(spatial.shape)),
         'bicubic_resize': lambda x, size: x.new_empty((*x.shape[:2], *size)),
         # the ops writing into a given tensor return nothing
         'adaptive_conv_out': lambda features, kernel, mode, out: None,

@@ -1,0 +1,148 @@
+// Shared host/device math of the fused JBU range kernel (normalized_range_kernel): one
+// pixel's k*k window dot products <Q_c, Q~_p> turned into its normalised taps
+//   K_p = R_p S_p / max(sum_q R_q S_q, 1e-7),
+// R the range kernel of the variant and S the spatial kernel, and back for the gradients.
+// The CPU launchers (cpu/range_kernel_cpu.cpp) call these per pixel; a pixel's taps are
+// `stride` elements apart (the H*W plane of a (B, k*k, H, W) map).
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#include "window_indexing.h"
+
+namespace featup_mmseg {
+
+// 'softmax': R = softmax_p(scale * dot_p) (FeatUp; also its ablation without the key MLP);
+// 'gaussian_euclidean': R = exp(-scale * max(|Q_c|^2 + |Q_p|^2 - 2 dot_p, 0));
+// 'gaussian_cosine': R = exp(-scale * (1 - dot_p)) for unit keys.
+enum class RangeVariant : int { Softmax = 0, GaussianEuclidean = 1, GaussianCosine = 2 };
+
+// The floor of the tap sum that normalises the kernel.
+constexpr double kTapSumFloor = 1e-7;
+
+template <typename acc_t>
+FEATUP_HOST_DEVICE acc_t range_exp(acc_t v) {
+#ifdef __CUDA_ARCH__
+  return exp(v);
+#else
+  return std::exp(v);
+#endif
+}
+
+// The distance of a Gaussian variant for one tap, written as the unfused composition
+// computes it (so the clamp decides alike); `through` tells whether the clamp passes
+// gradients (torch's clamp_min does at the bound too).
+template <typename acc_t>
+FEATUP_HOST_DEVICE acc_t range_distance(acc_t dot, RangeVariant variant, acc_t centre_norm,
+                                        acc_t neighbour_norm, bool* through) {
+  *through = true;
+  if (variant == RangeVariant::GaussianCosine) return acc_t(1) - dot;
+  const acc_t distance = centre_norm + neighbour_norm - acc_t(2) * dot;
+  *through = distance >= acc_t(0);
+  return *through ? distance : acc_t(0);
+}
+
+// range[p] = R_p from dots[p] (they may alias). neighbour_norms: |Q~_p|^2, read by
+// 'gaussian_euclidean' only.
+template <typename acc_t>
+FEATUP_HOST_DEVICE void range_taps(acc_t* range, const acc_t* dots, int64_t taps,
+                                   RangeVariant variant, acc_t scale, acc_t centre_norm,
+                                   const acc_t* neighbour_norms) {
+  if (variant == RangeVariant::Softmax) {  // as F.softmax: exp(a - max a) / sum
+    acc_t top = scale * dots[0];
+    for (int64_t p = 1; p < taps; ++p) top = scale * dots[p] > top ? scale * dots[p] : top;
+    acc_t total = acc_t(0);
+    for (int64_t p = 0; p < taps; ++p) {
+      range[p] = range_exp(scale * dots[p] - top);
+      total += range[p];
+    }
+    for (int64_t p = 0; p < taps; ++p) range[p] /= total;
+    return;
+  }
+  for (int64_t p = 0; p < taps; ++p) {
+    bool through;
+    const acc_t norm = variant == RangeVariant::GaussianEuclidean ? neighbour_norms[p] : acc_t(0);
+    range[p] = range_exp(-scale * range_distance(dots[p], variant, centre_norm, norm, &through));
+  }
+}
+
+// out[p * stride] = K_p for one pixel, from its dots[p] (a scratch copy, overwritten).
+template <typename scalar_t, typename acc_t>
+FEATUP_HOST_DEVICE void normalized_range_pixel(scalar_t* out, int64_t stride, acc_t* dots,
+                                               int64_t taps, RangeVariant variant, acc_t scale,
+                                               const scalar_t* spatial, acc_t centre_norm,
+                                               const acc_t* neighbour_norms) {
+  range_taps(dots, dots, taps, variant, scale, centre_norm, neighbour_norms);
+  acc_t total = acc_t(0);
+  for (int64_t p = 0; p < taps; ++p) {
+    dots[p] *= acc_t(spatial[p]);
+    total += dots[p];
+  }
+  const acc_t norm = total > acc_t(kTapSumFloor) ? total : acc_t(kTapSumFloor);
+  for (int64_t p = 0; p < taps; ++p) out[p * stride] = scalar_t(dots[p] / norm);
+}
+
+// The gradients of one pixel's K_p for the gradient grad[p * stride]:
+// - dots[p] is replaced by the gradient of the dot product <Q_c, Q~_p> (scratch in,
+//   result out); scratch: 2 * taps values;
+// - distance_grad[p * stride] = the gradient of the distance of tap p, which reaches
+//   |Q_c|^2 and |Q~_p|^2 ('gaussian_euclidean' only; null otherwise), and the return
+//   value is their sum over p, the centre norm's share;
+// - scale_grad and spatial_grad[p] accumulate this pixel's share.
+template <typename scalar_t, typename acc_t>
+FEATUP_HOST_DEVICE acc_t normalized_range_pixel_backward(
+    acc_t* dots, acc_t* scratch, const scalar_t* grad, int64_t stride, int64_t taps,
+    RangeVariant variant, acc_t scale, const scalar_t* spatial, acc_t centre_norm,
+    const acc_t* neighbour_norms, scalar_t* distance_grad, acc_t* scale_grad,
+    acc_t* spatial_grad) {
+  acc_t* range = scratch;              // R_p
+  acc_t* range_grad = scratch + taps;  // the gradient of R_p
+  range_taps(range, dots, taps, variant, scale, centre_norm, neighbour_norms);
+  acc_t total = acc_t(0), grad_dot_kernel = acc_t(0);
+  for (int64_t p = 0; p < taps; ++p) {
+    const acc_t product = range[p] * acc_t(spatial[p]);
+    total += product;
+    grad_dot_kernel += acc_t(grad[p * stride]) * product;
+  }
+  // K = P / max(sum P, floor): dK_p/dP_q = (delta_pq - [sum P >= floor] K_p) / max(...)
+  const acc_t norm = total > acc_t(kTapSumFloor) ? total : acc_t(kTapSumFloor);
+  grad_dot_kernel = total >= acc_t(kTapSumFloor) ? grad_dot_kernel / norm : acc_t(0);
+  acc_t range_dot_grad = acc_t(0);
+  for (int64_t p = 0; p < taps; ++p) {
+    const acc_t product_grad = (acc_t(grad[p * stride]) - grad_dot_kernel) / norm;
+    spatial_grad[p] += product_grad * range[p];
+    range_grad[p] = product_grad * acc_t(spatial[p]);
+    range_dot_grad += range_grad[p] * range[p];
+  }
+  if (variant == RangeVariant::Softmax) {
+    // R = softmax(a), a = scale * dots: da_p = R_p (dR_p - sum_q dR_q R_q)
+    for (int64_t p = 0; p < taps; ++p) {
+      const acc_t logit_grad = range[p] * (range_grad[p] - range_dot_grad);
+      *scale_grad += logit_grad * dots[p];
+      dots[p] = scale * logit_grad;
+    }
+    return acc_t(0);
+  }
+  acc_t centre_norm_grad = acc_t(0);
+  for (int64_t p = 0; p < taps; ++p) {
+    bool through;
+    const acc_t neighbour_norm =
+        variant == RangeVariant::GaussianEuclidean ? neighbour_norms[p] : acc_t(0);
+    const acc_t distance = range_distance(dots[p], variant, centre_norm, neighbour_norm, &through);
+    // R = exp(-scale * d): dR/dd = -scale R, dR/dscale = -d R
+    const acc_t weighted = range_grad[p] * range[p];
+    *scale_grad -= distance * weighted;
+    const acc_t distance_gradient = through ? -scale * weighted : acc_t(0);
+    if (variant == RangeVariant::GaussianCosine) {  // d = 1 - dot
+      dots[p] = -distance_gradient;
+    } else {  // d = |Q_c|^2 + |Q~_p|^2 - 2 dot
+      dots[p] = acc_t(-2) * distance_gradient;
+      distance_grad[p * stride] = scalar_t(distance_gradient);
+      centre_norm_grad += distance_gradient;
+    }
+  }
+  return centre_norm_grad;
+}
+
+}  // namespace featup_mmseg

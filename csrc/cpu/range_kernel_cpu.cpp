@@ -1,0 +1,223 @@
+// CPU launchers of the fused JBU range kernel.
+//
+// The window dot products come from the correlation's vectorised launcher
+// (window_ops_cpu.cpp), written into the output itself; one pass over the pixels, split
+// over rows (b, y) with at::parallel_for, then turns each pixel's taps into its normalised
+// kernel in place (common/range_kernel_math.h). The backward recomputes the dot products,
+// turns them in place into their gradients in the same way, and hands those to the
+// correlation's backward launcher, which gathers both the centre's and the neighbours'
+// share of the keys' gradient. The gradients of scale and spatial are summed per row, then
+// over the rows in a fixed order: the same bits whatever the number of threads.
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "../range_kernel.h"
+
+namespace featup_mmseg {
+namespace {
+
+// Rows of a parallel task: at least about 2^15 multiply-adds each.
+int64_t grain(int64_t row_cost) {
+  constexpr int64_t kMinTaskCost = int64_t(1) << 15;
+  return std::max<int64_t>(1, kMinTaskCost / std::max<int64_t>(row_cost, 1));
+}
+
+// window[p] = |Q~_p|^2 for the taps of (y, x) from the norms of one batch element (0 where
+// zero padding applies).
+template <typename scalar_t>
+void gather_window_norms(scalar_t* window, const scalar_t* norms, const WindowGeometry& g,
+                         int64_t y, int64_t x) {
+  const int64_t k = g.size();
+  for (int64_t i = 0; i < k; ++i) {
+    const int64_t sy = border_index(y + i - g.radius, g.height, g.mode);
+    for (int64_t j = 0; j < k; ++j) {
+      const int64_t sx = border_index(x + j - g.radius, g.width, g.mode);
+      window[i * k + j] = sy < 0 || sx < 0 ? scalar_t(0) : norms[sy * g.width + sx];
+    }
+  }
+}
+
+// The inputs both passes read.
+template <typename scalar_t>
+struct RangeArgs {
+  const scalar_t* norms;  // |Q|^2 (B, 1, H, W), 'gaussian_euclidean' only
+  const scalar_t* spatial;
+  scalar_t scale;
+  RangeVariant variant;
+  WindowGeometry g;
+};
+
+// For pixel (n, y, x): its taps' neighbour norms into window; returns its own norm.
+template <typename scalar_t>
+scalar_t pixel_norms(scalar_t* window, const RangeArgs<scalar_t>& args, int64_t n, int64_t y,
+                     int64_t x) {
+  if (args.variant != RangeVariant::GaussianEuclidean) return scalar_t(0);
+  const scalar_t* norms = args.norms + n * args.g.plane();
+  gather_window_norms(window, norms, args.g, y, x);
+  return norms[y * args.g.width + x];
+}
+
+// dots (B, k*k, H, W) -> K in place, rows [begin, end) of B * H.
+template <typename scalar_t>
+void normalize_rows(scalar_t* dots, const RangeArgs<scalar_t>& args, int64_t begin, int64_t end) {
+  const WindowGeometry& g = args.g;
+  const int64_t taps = g.taps(), plane = g.plane();
+  std::vector<scalar_t> values(taps), window(taps);
+  for (int64_t index = begin; index < end; ++index) {
+    const int64_t n = index / g.height, y = index % g.height;
+    for (int64_t x = 0; x < g.width; ++x) {
+      scalar_t* pixel = dots + n * taps * plane + y * g.width + x;
+      for (int64_t p = 0; p < taps; ++p) values[p] = pixel[p * plane];
+      const scalar_t centre_norm = pixel_norms(window.data(), args, n, y, x);
+      normalized_range_pixel(pixel, plane, values.data(), taps, args.variant, args.scale,
+                             args.spatial, centre_norm, window.data());
+    }
+  }
+}
+
+// dots (B, k*k, H, W) -> their gradients in place for the gradient grad of K, rows
+// [begin, end) of B * H; distance_grad and norm_grad (the centre norm's share, (B, 1, H, W))
+// for 'gaussian_euclidean'; partials[row] = (scale's share, spatial's k*k shares).
+template <typename scalar_t>
+void backward_rows(scalar_t* dots, const scalar_t* grad, scalar_t* distance_grad,
+                   scalar_t* norm_grad, scalar_t* partials, const RangeArgs<scalar_t>& args,
+                   int64_t begin, int64_t end) {
+  const WindowGeometry& g = args.g;
+  const int64_t taps = g.taps(), plane = g.plane();
+  std::vector<scalar_t> values(taps), scratch(2 * taps), window(taps);
+  for (int64_t index = begin; index < end; ++index) {
+    const int64_t n = index / g.height, y = index % g.height;
+    scalar_t* row_partials = partials + index * (1 + taps);
+    std::fill(row_partials, row_partials + 1 + taps, scalar_t(0));
+    for (int64_t x = 0; x < g.width; ++x) {
+      const int64_t offset = n * taps * plane + y * g.width + x;
+      scalar_t* pixel = dots + offset;
+      for (int64_t p = 0; p < taps; ++p) values[p] = pixel[p * plane];
+      const scalar_t centre_norm = pixel_norms(window.data(), args, n, y, x);
+      const scalar_t centre_share = normalized_range_pixel_backward(
+          values.data(), scratch.data(), grad + offset, plane, taps, args.variant, args.scale,
+          args.spatial, centre_norm, window.data(),
+          distance_grad == nullptr ? nullptr : distance_grad + offset, row_partials,
+          row_partials + 1);
+      for (int64_t p = 0; p < taps; ++p) pixel[p * plane] = values[p];
+      if (norm_grad != nullptr) norm_grad[n * plane + y * g.width + x] = centre_share;
+    }
+  }
+}
+
+// grad_keys += 2 Q * (the gradient of |Q|^2): its centre share (norm_grad) plus the
+// distance gradients of every tap that lands on the pixel, gathered through the border
+// mapping (window_landing_sum), rows [begin, end) of B * H.
+template <typename scalar_t>
+void add_norm_gradient_rows(scalar_t* grad_keys, const scalar_t* keys,
+                            const scalar_t* distance_grad, const scalar_t* norm_grad,
+                            int64_t channels, const WindowGeometry& g, int64_t begin,
+                            int64_t end) {
+  const int64_t plane = g.plane(), r = g.radius;
+  for (int64_t index = begin; index < end; ++index) {
+    const int64_t n = index / g.height, ys = index % g.height;
+    const scalar_t* taps = distance_grad + n * g.taps() * plane;
+    for (int64_t xs = 0; xs < g.width; ++xs) {
+      scalar_t share = norm_grad[n * plane + ys * g.width + xs];
+      for (int64_t y = std::max<int64_t>(ys - r, 0); y <= std::min(ys + r, g.height - 1); ++y) {
+        for (int64_t x = std::max<int64_t>(xs - r, 0); x <= std::min(xs + r, g.width - 1); ++x) {
+          share += window_landing_sum<scalar_t, scalar_t>(taps, g, y, x, ys, xs);
+        }
+      }
+      const int64_t at = n * channels * plane + ys * g.width + xs;
+      for (int64_t c = 0; c < channels; ++c) {
+        grad_keys[at + c * plane] += scalar_t(2) * keys[at + c * plane] * share;
+      }
+    }
+  }
+}
+
+// The window dot products of keys into dots (B, k*k, H, W).
+void window_dots(const at::Tensor& keys, at::Tensor& dots, const WindowGeometry& g) {
+  if (keys.size(1) == 0) {  // no channels: the launcher needs some
+    dots.zero_();
+  } else {
+    window_correlate_cpu(keys, keys, dots, g);
+  }
+}
+
+// |Q|^2 (B, 1, H, W) for 'gaussian_euclidean', summed as the unfused composition sums it.
+at::Tensor squared_norms(const at::Tensor& keys, RangeVariant variant) {
+  return variant == RangeVariant::GaussianEuclidean ? keys.square().sum(1, true) : at::Tensor();
+}
+
+template <typename scalar_t>
+RangeArgs<scalar_t> range_args(const at::Tensor& norms, const at::Tensor& spatial,
+                               const at::Tensor& scale, RangeVariant variant,
+                               const WindowGeometry& g) {
+  return {norms.defined() ? norms.const_data_ptr<scalar_t>() : nullptr,
+          spatial.const_data_ptr<scalar_t>(), scale.item<scalar_t>(), variant, g};
+}
+
+}  // namespace
+
+void normalized_range_kernel_cpu(const at::Tensor& keys, const at::Tensor& scale,
+                                 const at::Tensor& spatial, RangeVariant variant,
+                                 at::Tensor& out, const WindowGeometry& g) {
+  window_dots(keys, out, g);
+  const at::Tensor norms = squared_norms(keys, variant);
+  AT_DISPATCH_FLOATING_TYPES(keys.scalar_type(), "normalized_range_kernel_cpu", [&] {
+    const RangeArgs<scalar_t> args = range_args<scalar_t>(norms, spatial, scale, variant, g);
+    scalar_t* dots = out.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, keys.size(0) * g.height, grain(8 * g.taps() * g.width),
+                     [&](int64_t begin, int64_t end) { normalize_rows(dots, args, begin, end); });
+  });
+}
+
+void normalized_range_kernel_backward_cpu(const at::Tensor& grad, const at::Tensor& keys,
+                                          const at::Tensor& scale, const at::Tensor& spatial,
+                                          RangeVariant variant, at::Tensor& grad_keys,
+                                          at::Tensor& grad_scale, at::Tensor& grad_spatial,
+                                          const WindowGeometry& g) {
+  const int64_t batch = keys.size(0), rows = batch * g.height, taps = g.taps();
+  at::Tensor dots = at::empty({batch, taps, g.height, g.width}, keys.options());
+  window_dots(keys, dots, g);
+  const at::Tensor norms = squared_norms(keys, variant);
+  const bool euclidean = variant == RangeVariant::GaussianEuclidean;
+  at::Tensor distance_grad = euclidean ? at::empty_like(dots) : at::Tensor();
+  at::Tensor norm_grad = euclidean ? at::empty_like(norms) : at::Tensor();
+  at::Tensor partials = at::empty({rows, 1 + taps}, keys.options());
+  AT_DISPATCH_FLOATING_TYPES(keys.scalar_type(), "normalized_range_kernel_backward_cpu", [&] {
+    const RangeArgs<scalar_t> args = range_args<scalar_t>(norms, spatial, scale, variant, g);
+    scalar_t* dots_ptr = dots.mutable_data_ptr<scalar_t>();
+    scalar_t* distance_ptr = euclidean ? distance_grad.mutable_data_ptr<scalar_t>() : nullptr;
+    scalar_t* norm_ptr = euclidean ? norm_grad.mutable_data_ptr<scalar_t>() : nullptr;
+    scalar_t* partials_ptr = partials.mutable_data_ptr<scalar_t>();
+    const scalar_t* grad_ptr = grad.const_data_ptr<scalar_t>();
+    at::parallel_for(0, rows, grain(12 * taps * g.width), [&](int64_t begin, int64_t end) {
+      backward_rows(dots_ptr, grad_ptr, distance_ptr, norm_ptr, partials_ptr, args, begin, end);
+    });
+    // the rows' shares, summed in row order in double
+    std::vector<double> sums(1 + taps, 0.0);
+    for (int64_t row = 0; row < rows; ++row) {
+      for (int64_t t = 0; t <= taps; ++t) sums[t] += double(partials_ptr[row * (1 + taps) + t]);
+    }
+    grad_scale.fill_(sums[0]);
+    scalar_t* spatial_grad = grad_spatial.mutable_data_ptr<scalar_t>();
+    for (int64_t p = 0; p < taps; ++p) spatial_grad[p] = scalar_t(sums[1 + p]);
+  });
+  if (keys.size(1) == 0) return;
+  window_correlation_backward_cpu(dots, keys, grad_keys, g);
+  if (!euclidean) return;
+  AT_DISPATCH_FLOATING_TYPES(keys.scalar_type(), "normalized_range_kernel_norms_cpu", [&] {
+    scalar_t* out = grad_keys.mutable_data_ptr<scalar_t>();
+    const scalar_t* keys_ptr = keys.const_data_ptr<scalar_t>();
+    const scalar_t* distance_ptr = distance_grad.const_data_ptr<scalar_t>();
+    const scalar_t* norm_ptr = norm_grad.const_data_ptr<scalar_t>();
+    at::parallel_for(0, rows, grain((2 * taps + keys.size(1)) * g.width),
+                     [&](int64_t begin, int64_t end) {
+                       add_norm_gradient_rows(out, keys_ptr, distance_ptr, norm_ptr,
+                                              keys.size(1), g, begin, end);
+                     });
+  });
+}
+
+}  // namespace featup_mmseg

@@ -1,0 +1,191 @@
+"""The fused range kernel, normalized_range_kernel: its compiled CPU kernels against the
+composition of window ops it replaces (the reference, and a JBU stage's own range and
+spatial kernels), gradients of every order, both registration paths (CI reruns this file
+with FEATUP_MMSEG_LEGACY_OPS=1), torch.compile and bad arguments."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from featup_mmseg.layers import JBUStage
+from featup_mmseg.ops import (PADDING_MODES, RANGE_VARIANTS, normalized_range_kernel,
+                              normalized_range_kernel_reference, use_reference_ops)
+from featup_mmseg.ops import window_ops
+
+RANGE_KERNELS = ('softmax', 'no_mlp', 'gaussian_euclidean', 'gaussian_cosine')
+VARIANT = {'softmax': 'softmax', 'no_mlp': 'softmax', 'gaussian_euclidean': 'gaussian_euclidean',
+           'gaussian_cosine': 'gaussian_cosine'}
+
+
+def _inputs(variant, shape=(2, 3, 4, 5), kernel_size=3, seed=0, dtype=torch.float64):
+    """keys (unit length for 'gaussian_cosine'), scale and a spatial kernel, all leaves."""
+    gen = torch.Generator().manual_seed(seed)
+    keys = torch.randn(shape, generator=gen, dtype=dtype)
+    if variant == 'gaussian_cosine':
+        keys = F.normalize(keys, dim=1)
+    scale = torch.tensor(0.7, dtype=dtype)
+    spatial = torch.rand(kernel_size**2, generator=gen, dtype=dtype) + 0.1
+    return [t.requires_grad_() for t in (keys, scale, spatial)]
+
+
+def _value_and_grads(op, keys, scale, spatial, *args):
+    out = op(keys, scale, spatial, *args)
+    weights = torch.linspace(-1, 2, out.numel(), dtype=out.dtype).view_as(out)
+    return (out, *torch.autograd.grad((out * weights).sum(), (keys, scale, spatial)))
+
+
+def _assert_all_close(got, want, tol):
+    # relative too: with the tap sum clamped, gradients reach 1e7
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=tol, atol=tol)
+
+
+def test_cpu_runs_the_compiled_kernel():
+    # Every other test here would silently compare the composition with itself without it.
+    assert 'cpu' in window_ops._RANGE_KERNEL_DEVICES
+
+
+@pytest.mark.parametrize('range_kernel', RANGE_KERNELS)
+@pytest.mark.parametrize('radius, size', [(1, (2, 3)), (3, (4, 5))])  # barely > radius
+def test_matches_the_jbu_stage_composition(range_kernel, radius, size):
+    torch.manual_seed(radius)
+    stage = JBUStage(3, key_dim=4, radius=radius, range_kernel=range_kernel).double().eval()
+    with torch.no_grad():
+        stage.sigma_spatial.fill_(0.8)
+        if range_kernel in ('softmax', 'no_mlp'):
+            stage.range_temp.fill_(0.6)
+        else:
+            stage.sigma_range.fill_(0.9)
+    guidance = torch.randn(2, 3, *size, dtype=torch.float64)
+    combined = stage.range_kernel(guidance) * stage.spatial_kernel()
+    expected = combined / combined.sum(1, keepdim=True).clamp(min=1e-7)
+
+    keys = guidance if range_kernel == 'no_mlp' else stage.range_proj(guidance)
+    if range_kernel == 'gaussian_cosine':
+        keys = F.normalize(keys, dim=1)
+    if range_kernel in ('softmax', 'no_mlp'):
+        scale = stage.range_temp.exp().clamp(1e-4, 1e4)
+    else:
+        scale = 1 / (2 * stage.sigma_range**2)
+    args = (keys, scale, stage.spatial_kernel().flatten(), stage.kernel_size,
+            VARIANT[range_kernel])
+    got = normalized_range_kernel(*args)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-12)
+    torch.testing.assert_close(normalized_range_kernel_reference(*args), expected, rtol=0,
+                               atol=1e-12)
+
+
+@pytest.mark.parametrize('variant', RANGE_VARIANTS)
+@pytest.mark.parametrize('padding_mode', PADDING_MODES)
+def test_gradients_match_the_reference(variant, padding_mode):
+    inputs = _inputs(variant, shape=(2, 3, 3, 4), kernel_size=5)
+    args = (5, variant, padding_mode)
+    _assert_all_close(_value_and_grads(normalized_range_kernel, *inputs, *args),
+                      _value_and_grads(normalized_range_kernel_reference, *inputs, *args), 1e-12)
+
+
+@pytest.mark.parametrize('variant', RANGE_VARIANTS)
+def test_clamped_tap_sum(variant):
+    # Tap sums below 1e-7 are clamped there: K no longer sums to 1, and its gradient no
+    # longer flows through the sum.
+    keys, scale, spatial = _inputs(variant)
+    spatial = (spatial.detach() * 1e-8).requires_grad_()
+    got = _value_and_grads(normalized_range_kernel, keys, scale, spatial, 3, variant)
+    assert got[0].sum(1).max() < 0.5
+    _assert_all_close(
+        got, _value_and_grads(normalized_range_kernel_reference, keys, scale, spatial, 3,
+                              variant), 1e-12)
+
+
+def test_float32_and_the_composition_fallback_agree():
+    inputs = _inputs('gaussian_euclidean', shape=(1, 4, 6, 7), kernel_size=7,
+                     dtype=torch.float32)
+    got = _value_and_grads(normalized_range_kernel, *inputs, 7, 'gaussian_euclidean')
+    with use_reference_ops():
+        want = _value_and_grads(normalized_range_kernel, *inputs, 7, 'gaussian_euclidean')
+    _assert_all_close(got, want, 1e-4)
+
+
+@pytest.mark.parametrize('shape', [(0, 2, 4, 4), (1, 0, 4, 4)])
+def test_empty_batch_and_keys_without_channels(shape):
+    inputs = _inputs('softmax', shape=shape)
+    _assert_all_close(_value_and_grads(normalized_range_kernel, *inputs, 3, 'softmax'),
+                      _value_and_grads(normalized_range_kernel_reference, *inputs, 3, 'softmax'),
+                      1e-12)
+
+
+@pytest.mark.parametrize('variant', RANGE_VARIANTS)
+def test_gradcheck_and_gradgradcheck(variant):
+    inputs = _inputs(variant, shape=(1, 2, 3, 3))
+    op = lambda *t: normalized_range_kernel(*t, 3, variant)  # noqa: E731
+    assert torch.autograd.gradcheck(op, inputs)
+    assert torch.autograd.gradgradcheck(op, inputs)
+
+
+def test_legacy_registration_path():
+    # The torch.autograd.Function wrappers of torch < 2.4, built here beside the registered ops.
+    legacy = window_ops._autograd_function_ops()
+    inputs = _inputs('softmax', shape=(1, 2, 3, 3))
+    op = lambda *t: legacy.normalized_range_kernel(*t, 3, 'softmax', 'reflect')  # noqa: E731
+    assert torch.autograd.gradcheck(op, inputs)
+    assert torch.autograd.gradgradcheck(op, inputs)
+    _assert_all_close(_value_and_grads(op, *inputs),
+                      _value_and_grads(normalized_range_kernel, *inputs, 3, 'softmax'), 1e-12)
+
+
+@pytest.mark.skipif(window_ops.REGISTRATION != 'dispatcher',
+                    reason='behind torch.autograd.Function, TorchDynamo breaks the graph')
+def test_torch_compile_fullgraph():
+    torch._dynamo.reset()
+    inputs = _inputs('gaussian_euclidean')
+    op = lambda *t: normalized_range_kernel(*t, 3, 'gaussian_euclidean')  # noqa: E731
+    compiled = torch.compile(op, fullgraph=True, backend='aot_eager')
+    _assert_all_close(_value_and_grads(compiled, *inputs), _value_and_grads(op, *inputs), 1e-12)
+
+
+def _call(keys=None, scale=None, spatial=None, kernel_size=3, variant='softmax',
+          padding_mode='reflect'):
+    keys = torch.randn(1, 2, 4, 4) if keys is None else keys
+    scale = torch.tensor(1.0) if scale is None else scale
+    spatial = torch.ones(kernel_size**2) if spatial is None else spatial
+    return lambda: normalized_range_kernel(keys, scale, spatial, kernel_size, variant,
+                                           padding_mode)
+
+
+BAD_ARGUMENTS = [
+    (_call(keys=torch.randn(2, 4, 4)), ValueError, r'keys must be a 4-D'),
+    (_call(keys=torch.randn(1, 2, 4, 4).half()), ValueError,
+     r'keys must be float32 or float64 \(cast half-precision keys to float32\), got '
+     r'torch.float16'),
+    (_call(variant='gaussian'), ValueError, r"variant must be one of .*got 'gaussian'"),
+    (_call(kernel_size=4), ValueError, r'kernel_size must be a positive odd int, got 4'),
+    (_call(keys=torch.randn(1, 2, 1, 4)), ValueError,
+     r'reflect padding needs kernel_size // 2 < H and < W'),
+    (_call(padding_mode='circular'), ValueError, r"padding_mode must be one of .*'circular'"),
+    (_call(scale=1.0), TypeError, r'scale must be a torch.Tensor, got float'),
+    (_call(scale=torch.ones(1)), ValueError, r'scale must be a 0-dim tensor, got shape \(1,\)'),
+    (_call(scale=torch.tensor(1.0).double()), ValueError,
+     r'scale has dtype torch.float64 but keys has torch.float32'),
+    (_call(spatial=torch.ones(1, 9, 1, 1)), ValueError,
+     r'spatial must be a \(9,\) tensor, one weight per tap, got shape \(1, 9, 1, 1\)'),
+    (_call(spatial=torch.ones(9, device='meta')), ValueError,
+     r'spatial is on meta but keys is on cpu'),
+]
+
+
+@pytest.mark.parametrize('call, error, message', BAD_ARGUMENTS)
+def test_bad_arguments_are_rejected_clearly(call, error, message):
+    with pytest.raises(error, match=message):
+        call()
+
+
+def test_dispatcher_ops_check_their_arguments():
+    # Direct torch.ops calls bypass the Python checks; the C++ checks still name the problem.
+    ops = torch.ops.featup_mmseg
+    keys, scale = torch.randn(1, 2, 4, 4), torch.tensor(1.0)
+    with pytest.raises(RuntimeError, match=r'spatial must have shape \(9,\)'):
+        ops.normalized_range_kernel(keys, scale, torch.ones(25), 3, 'softmax', 'reflect')
+    with pytest.raises(RuntimeError, match=r"variant must be 'softmax', .*got 'cosine'"):
+        ops.normalized_range_kernel(keys, scale, torch.ones(9), 3, 'cosine', 'reflect')
+    with pytest.raises(RuntimeError, match=r'grad must have shape \(1, 9, 4, 4\)'):
+        ops.normalized_range_kernel_backward(torch.randn(1, 8, 4, 4), keys, scale,
+                                             torch.ones(9), 3, 'softmax', 'reflect')
