@@ -5,6 +5,7 @@ with FEATUP_MMSEG_LEGACY_OPS=1), torch.compile and bad arguments."""
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from featup_mmseg.layers import JBUStage
 from featup_mmseg.ops import (PADDING_MODES, RANGE_VARIANTS, normalized_range_kernel,
@@ -72,6 +73,31 @@ def test_matches_the_jbu_stage_composition(range_kernel, radius, size):
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-12)
     torch.testing.assert_close(normalized_range_kernel_reference(*args), expected, rtol=0,
                                atol=1e-12)
+
+
+class _OpNames(TorchDispatchMode):
+    """The names of the ops dispatched inside the block."""
+
+    def __init__(self):
+        super().__init__()
+        self.names = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.add(str(func.overloadpacket))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize('range_kernel', RANGE_KERNELS)
+def test_jbu_stage_kernel_runs_the_fused_op(range_kernel):
+    stage = JBUStage(3, key_dim=4, radius=1, range_kernel=range_kernel).train()
+    guidance = torch.randn(1, 3, 3, 3, requires_grad=True)
+    with _OpNames() as forward:
+        kernel = stage.kernel(guidance)
+    with _OpNames() as backward:
+        kernel.sum().backward()
+    assert 'featup_mmseg.normalized_range_kernel' in forward.names
+    assert 'featup_mmseg.window_correlation' not in forward.names
+    assert 'featup_mmseg.normalized_range_kernel_backward' in backward.names
 
 
 @pytest.mark.parametrize('variant', RANGE_VARIANTS)

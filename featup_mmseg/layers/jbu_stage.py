@@ -6,7 +6,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from ..ops import adaptive_conv, window_correlation
+from ..ops import adaptive_conv, normalized_range_kernel, window_correlation
 from ..ops.reference import window_patches
 from .argument_checks import check_choice, check_int
 from .bicubic import ResizedAggregation, bicubic_resize, resized_adaptive_conv
@@ -220,9 +220,10 @@ class JBUStage(nn.Module):
         squared = offsets[:, None].square() + offsets[None, :].square()
         return torch.exp(-squared / (2 * self.sigma_spatial**2)).reshape(1, -1, 1, 1)
 
-    def range_kernel(self, guidance: torch.Tensor,
-                     first_layer: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """(B, k*k, H, W) similarity of each guidance pixel to its window.
+    def range_keys(self, guidance: torch.Tensor,
+                   first_layer: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """(B, D, H, W) keys the range kernel compares: range_proj of the guidance (the
+        guidance itself for 'no_mlp'), unit length for 'gaussian_cosine'.
 
         ``first_layer``: range_proj's first 1x1 layer applied to the guidance, where the
         caller has it already.
@@ -238,19 +239,36 @@ class JBUStage(nn.Module):
             # Under mixed precision: similarities feed a sharp softmax or exponential, and
             # the keys have few channels, so compare them in float32.
             keys = keys.float()
-        if self.range_kernel_type in ('softmax', 'no_mlp'):
-            temperature = self.range_temp.exp().clamp(1e-4, 1e4)
-            logits = window_correlation(keys, self.kernel_size, PADDING_MODE)
-            return F.softmax(temperature * logits, dim=1)
         if self.range_kernel_type == 'gaussian_cosine':
-            cosine = window_correlation(F.normalize(keys, dim=1), self.kernel_size, PADDING_MODE)
-            distance = 1 - cosine
+            keys = F.normalize(keys, dim=1)
+        return keys
+
+    def range_scale(self) -> torch.Tensor:
+        """The range kernel's 0-dim scale: the softmax temperature
+        clamp(exp(range_temp), 1e-4, 1e4), or the Gaussians' 1 / (2 sigma_range^2)."""
+        if self.range_kernel_type in ('softmax', 'no_mlp'):
+            return self.range_temp.exp().clamp(1e-4, 1e4)
+        return 1 / (2 * self.sigma_range**2)
+
+    def range_kernel(self, guidance: torch.Tensor,
+                     first_layer: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """(B, k*k, H, W) similarity of each guidance pixel to its window, as separate
+        window ops (:meth:`kernel` runs the range kernel fused with the spatial kernel and
+        the normalisation).
+
+        ``first_layer``: as in :meth:`range_keys`.
+        """
+        keys = self.range_keys(guidance, first_layer)
+        dots = window_correlation(keys, self.kernel_size, PADDING_MODE)
+        if self.range_kernel_type in ('softmax', 'no_mlp'):
+            return F.softmax(self.range_scale() * dots, dim=1)
+        if self.range_kernel_type == 'gaussian_cosine':
+            distance = 1 - dots
         else:  # |Q_c - Q_p|^2 = |Q_c|^2 + |Q_p|^2 - 2 <Q_c, Q_p>
             norms = keys.square().sum(1, keepdim=True)
             window_norms = window_patches(norms, self.kernel_size, PADDING_MODE)[:, 0]
-            dots = window_correlation(keys, self.kernel_size, PADDING_MODE)
             distance = (norms + window_norms - 2 * dots).clamp_min(0)
-        return torch.exp(-distance / (2 * self.sigma_range**2))
+        return torch.exp(-self.range_scale() * distance)
 
     def guidance_projection(self) -> Tuple[torch.Tensor, torch.Tensor]:
         """(weight (n, Cg), bias (n, )) of the 1x1 layers that read the guidance itself:
@@ -285,8 +303,14 @@ class JBUStage(nn.Module):
         if products is None:
             products = self.guidance_products(guidance)
         range_first_layer = products[:, :-taps] if self.range_kernel_type != 'no_mlp' else None
-        combined = self.range_kernel(guidance, range_first_layer) * self.spatial_kernel()
-        combined = combined / combined.sum(1, keepdim=True).clamp(min=1e-7)
+        keys = self.range_keys(guidance, range_first_layer)
+        # one op (on CPU one compiled kernel each way) for range kernel, spatial kernel and
+        # normalisation; keys are float32 or float64, the scalars follow them
+        variant = 'softmax' if self.range_kernel_type == 'no_mlp' else self.range_kernel_type
+        combined = normalized_range_kernel(
+            keys, self.range_scale().to(keys.dtype),
+            self.spatial_kernel().flatten().to(keys.dtype), self.kernel_size, variant,
+            PADDING_MODE)
         if not autocast_enabled(combined.device.type):
             # a half-precision stage compares its keys in float32 (range_kernel) and runs
             # its fixup MLP in its own dtype (under autocast, autocast chooses)
