@@ -60,21 +60,44 @@ scalar_t pixel_norms(scalar_t* window, const RangeArgs<scalar_t>& args, int64_t 
   return norms[y * args.g.width + x];
 }
 
+// The k*k planes of a (B, k*k, H, W) map are H*W elements apart, which at power-of-two
+// sizes maps a pixel's taps onto the same L1 sets: each output row first loads its k*k
+// rows into contiguous scratch (rows[p * W + x]), and stores them back once written.
+template <typename scalar_t>
+void load_tap_rows(scalar_t* rows, const scalar_t* map, const WindowGeometry& g, int64_t n,
+                   int64_t y) {
+  const scalar_t* first = map + n * g.taps() * g.plane() + y * g.width;
+  for (int64_t p = 0; p < g.taps(); ++p) {
+    std::copy(first + p * g.plane(), first + p * g.plane() + g.width, rows + p * g.width);
+  }
+}
+
+template <typename scalar_t>
+void store_tap_rows(scalar_t* map, const scalar_t* rows, const WindowGeometry& g, int64_t n,
+                    int64_t y) {
+  scalar_t* first = map + n * g.taps() * g.plane() + y * g.width;
+  for (int64_t p = 0; p < g.taps(); ++p) {
+    std::copy(rows + p * g.width, rows + (p + 1) * g.width, first + p * g.plane());
+  }
+}
+
 // dots (B, k*k, H, W) -> K in place, rows [begin, end) of B * H.
 template <typename scalar_t>
 void normalize_rows(scalar_t* dots, const RangeArgs<scalar_t>& args, int64_t begin, int64_t end) {
   const WindowGeometry& g = args.g;
-  const int64_t taps = g.taps(), plane = g.plane();
-  std::vector<scalar_t> values(taps), window(taps);
+  const int64_t taps = g.taps();
+  std::vector<scalar_t> values(taps), window(taps), rows(taps * g.width);
   for (int64_t index = begin; index < end; ++index) {
     const int64_t n = index / g.height, y = index % g.height;
+    load_tap_rows(rows.data(), dots, g, n, y);
     for (int64_t x = 0; x < g.width; ++x) {
-      scalar_t* pixel = dots + n * taps * plane + y * g.width + x;
-      for (int64_t p = 0; p < taps; ++p) values[p] = pixel[p * plane];
+      scalar_t* pixel = rows.data() + x;
+      for (int64_t p = 0; p < taps; ++p) values[p] = pixel[p * g.width];
       const scalar_t centre_norm = pixel_norms(window.data(), args, n, y, x);
-      normalized_range_pixel(pixel, plane, values.data(), taps, args.variant, args.scale,
+      normalized_range_pixel(pixel, g.width, values.data(), taps, args.variant, args.scale,
                              args.spatial, centre_norm, window.data());
     }
+    store_tap_rows(dots, rows.data(), g, n, y);
   }
 }
 
@@ -86,25 +109,30 @@ void backward_rows(scalar_t* dots, const scalar_t* grad, scalar_t* distance_grad
                    scalar_t* norm_grad, scalar_t* partials, const RangeArgs<scalar_t>& args,
                    int64_t begin, int64_t end) {
   const WindowGeometry& g = args.g;
-  const int64_t taps = g.taps(), plane = g.plane();
+  const int64_t taps = g.taps(), plane = g.plane(), width = g.width;
   std::vector<scalar_t> values(taps), scratch(2 * taps), window(taps);
+  std::vector<scalar_t> dot_rows(taps * width), grad_rows(taps * width);
+  std::vector<scalar_t> distance_rows(distance_grad == nullptr ? 0 : taps * width);
   for (int64_t index = begin; index < end; ++index) {
     const int64_t n = index / g.height, y = index % g.height;
     scalar_t* row_partials = partials + index * (1 + taps);
     std::fill(row_partials, row_partials + 1 + taps, scalar_t(0));
-    for (int64_t x = 0; x < g.width; ++x) {
-      const int64_t offset = n * taps * plane + y * g.width + x;
-      scalar_t* pixel = dots + offset;
-      for (int64_t p = 0; p < taps; ++p) values[p] = pixel[p * plane];
+    load_tap_rows(dot_rows.data(), dots, g, n, y);
+    load_tap_rows(grad_rows.data(), grad, g, n, y);
+    for (int64_t x = 0; x < width; ++x) {
+      scalar_t* pixel = dot_rows.data() + x;
+      for (int64_t p = 0; p < taps; ++p) values[p] = pixel[p * width];
       const scalar_t centre_norm = pixel_norms(window.data(), args, n, y, x);
       const scalar_t centre_share = normalized_range_pixel_backward(
-          values.data(), scratch.data(), grad + offset, plane, taps, args.variant, args.scale,
-          args.spatial, centre_norm, window.data(),
-          distance_grad == nullptr ? nullptr : distance_grad + offset, row_partials,
+          values.data(), scratch.data(), grad_rows.data() + x, width, taps, args.variant,
+          args.scale, args.spatial, centre_norm, window.data(),
+          distance_grad == nullptr ? nullptr : distance_rows.data() + x, row_partials,
           row_partials + 1);
-      for (int64_t p = 0; p < taps; ++p) pixel[p * plane] = values[p];
-      if (norm_grad != nullptr) norm_grad[n * plane + y * g.width + x] = centre_share;
+      for (int64_t p = 0; p < taps; ++p) pixel[p * width] = values[p];
+      if (norm_grad != nullptr) norm_grad[n * plane + y * width + x] = centre_share;
     }
+    store_tap_rows(dots, dot_rows.data(), g, n, y);
+    if (distance_grad != nullptr) store_tap_rows(distance_grad, distance_rows.data(), g, n, y);
   }
 }
 
