@@ -38,13 +38,14 @@ TORCH_LIBRARY(featup_mmseg, m) {
       "neighbourhood_attention_transpose(Tensor attn, Tensor features, int[2] input_size,"
       " int dilation, str border) -> Tensor");
   // one JBU stage's normalised range kernel (variant: softmax, gaussian_euclidean,
-  // gaussian_cosine), and its gradients for keys, scale and spatial
+  // gaussian_cosine), and its gradients for keys and the two parameters
   m.def(
-      "normalized_range_kernel(Tensor keys, Tensor scale, Tensor spatial, int kernel_size,"
-      " str variant, str padding_mode) -> Tensor");
+      "normalized_range_kernel(Tensor keys, Tensor range_param, Tensor sigma_spatial,"
+      " int kernel_size, str variant, str padding_mode) -> Tensor");
   m.def(
-      "normalized_range_kernel_backward(Tensor grad, Tensor keys, Tensor scale, Tensor spatial,"
-      " int kernel_size, str variant, str padding_mode) -> (Tensor, Tensor, Tensor)");
+      "normalized_range_kernel_backward(Tensor grad, Tensor keys, Tensor range_param,"
+      " Tensor sigma_spatial, int kernel_size, str variant, str padding_mode)"
+      " -> (Tensor, Tensor, Tensor)");
   m.def("bicubic_resize(Tensor x, int[2] size) -> Tensor");
   m.def("bicubic_resize_backward(Tensor grad, int[2] input_size) -> Tensor");
   // draws from the default generator: never merged with, or reordered across, another draw

@@ -17,49 +17,58 @@ RangeVariant parse_variant(c10::string_view name) {
               "got '", std::string(name), "'");
 }
 
-// Checks keys, scale and spatial; returns the window geometry.
+// Checks keys, range_param and sigma_spatial; returns the window geometry.
 WindowGeometry check_range_arguments(const char* op, const at::Tensor& keys,
-                                     const at::Tensor& scale, const at::Tensor& spatial,
-                                     int64_t kernel_size, c10::string_view padding_mode) {
+                                     const at::Tensor& range_param,
+                                     const at::Tensor& sigma_spatial, int64_t kernel_size,
+                                     c10::string_view padding_mode) {
   check_map(op, "keys", keys);
   TORCH_CHECK(keys.scalar_type() == at::kFloat || keys.scalar_type() == at::kDouble, op,
               ": keys must be float32 or float64, got ", keys.scalar_type());
   const WindowGeometry g = make_geometry(op, keys, kernel_size, padding_mode);
-  for (const auto& named : {std::make_pair("scale", &scale), std::make_pair("spatial", &spatial)}) {
+  for (const auto& named : {std::make_pair("range_param", &range_param),
+                            std::make_pair("sigma_spatial", &sigma_spatial)}) {
     const at::Tensor& t = *named.second;
-    TORCH_CHECK(t.device() == keys.device() && t.scalar_type() == keys.scalar_type(), op, ": ",
-                named.first, " must be a ", keys.scalar_type(), " tensor on ", keys.device(),
-                " like keys, got ", t.scalar_type(), " on ", t.device());
+    TORCH_CHECK(t.device() == keys.device() && t.scalar_type() == keys.scalar_type() &&
+                    t.dim() == 0,
+                op, ": ", named.first, " must be a 0-dim ", keys.scalar_type(), " tensor on ",
+                keys.device(), " like keys, got shape ", t.sizes(), ", ", t.scalar_type(),
+                " on ", t.device());
   }
-  TORCH_CHECK(scale.dim() == 0, op, ": scale must be a 0-dim tensor, got shape ", scale.sizes());
-  TORCH_CHECK(spatial.dim() == 1 && spatial.size(0) == g.taps(), op, ": spatial must have shape (",
-              g.taps(), ",) (k*k taps), got ", spatial.sizes());
   return g;
 }
 
+#ifdef WITH_CUDA
+#define FEATUP_RANGE_LAUNCH(name, device, ...) \
+  (device.is_cuda() ? name##_cuda(__VA_ARGS__) : name##_cpu(__VA_ARGS__))
+#else
+// Without CUDA kernels no CUDA implementation is registered.
+#define FEATUP_RANGE_LAUNCH(name, device, ...) name##_cpu(__VA_ARGS__)
+#endif
+
 }  // namespace
 
-at::Tensor normalized_range_kernel(const at::Tensor& keys, const at::Tensor& scale,
-                                   const at::Tensor& spatial, int64_t kernel_size,
+at::Tensor normalized_range_kernel(const at::Tensor& keys, const at::Tensor& range_param,
+                                   const at::Tensor& sigma_spatial, int64_t kernel_size,
                                    c10::string_view variant, c10::string_view padding_mode) {
   const char* op = "normalized_range_kernel";
-  const WindowGeometry g = check_range_arguments(op, keys, scale, spatial, kernel_size,
-                                                 padding_mode);
+  const WindowGeometry g = check_range_arguments(op, keys, range_param, sigma_spatial,
+                                                 kernel_size, padding_mode);
   const RangeVariant range_variant = parse_variant(variant);
   at::Tensor out = at::empty({keys.size(0), g.taps(), g.height, g.width}, keys.options());
   if (out.numel() == 0) return out;
-  normalized_range_kernel_cpu(keys.contiguous(), scale, spatial.contiguous(), range_variant, out,
-                              g);
+  FEATUP_RANGE_LAUNCH(normalized_range_kernel, keys.device(), keys.contiguous(), range_param,
+                      sigma_spatial, range_variant, out, g);
   return out;
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> normalized_range_kernel_backward(
-    const at::Tensor& grad, const at::Tensor& keys, const at::Tensor& scale,
-    const at::Tensor& spatial, int64_t kernel_size, c10::string_view variant,
+    const at::Tensor& grad, const at::Tensor& keys, const at::Tensor& range_param,
+    const at::Tensor& sigma_spatial, int64_t kernel_size, c10::string_view variant,
     c10::string_view padding_mode) {
   const char* op = "normalized_range_kernel_backward";
-  const WindowGeometry g = check_range_arguments(op, keys, scale, spatial, kernel_size,
-                                                 padding_mode);
+  const WindowGeometry g = check_range_arguments(op, keys, range_param, sigma_spatial,
+                                                 kernel_size, padding_mode);
   const RangeVariant range_variant = parse_variant(variant);
   check_map(op, "grad", grad);
   TORCH_CHECK(grad.device() == keys.device() && grad.scalar_type() == keys.scalar_type(), op,
@@ -71,12 +80,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> normalized_range_kernel_backward(
               g.width, "), got ", grad.sizes());
   const at::Tensor keys_c = keys.contiguous();
   at::Tensor grad_keys = at::empty_like(keys_c);
-  at::Tensor grad_scale = at::zeros({}, keys.options());
-  at::Tensor grad_spatial = at::zeros({g.taps()}, keys.options());
-  if (grad.numel() == 0) return {grad_keys, grad_scale, grad_spatial};
-  normalized_range_kernel_backward_cpu(grad.contiguous(), keys_c, scale, spatial.contiguous(),
-                                       range_variant, grad_keys, grad_scale, grad_spatial, g);
-  return {grad_keys, grad_scale, grad_spatial};
+  at::Tensor grad_range_param = at::empty({}, keys.options());
+  at::Tensor grad_sigma_spatial = at::empty({}, keys.options());
+  if (grad.numel() == 0) {
+    grad_keys.zero_();
+    grad_range_param.zero_();
+    grad_sigma_spatial.zero_();
+    return {grad_keys, grad_range_param, grad_sigma_spatial};
+  }
+  FEATUP_RANGE_LAUNCH(normalized_range_kernel_backward, keys.device(), grad.contiguous(), keys_c,
+                      range_param, sigma_spatial, range_variant, grad_keys, grad_range_param,
+                      grad_sigma_spatial, g);
+  return {grad_keys, grad_range_param, grad_sigma_spatial};
 }
 
 }  // namespace featup_mmseg

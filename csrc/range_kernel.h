@@ -1,7 +1,7 @@
 // Device-independent entry points of the fused JBU range kernel (range_kernel.cpp) and the
-// per-device launchers they call (cpu/). Launchers receive contiguous inputs of one
-// floating dtype on one device, scale 0-dim and spatial (k*k,), and preallocated outputs
-// with at least one pixel.
+// per-device launchers they call (cpu/, cuda/). Launchers receive contiguous keys, the 0-dim
+// parameters range_param and sigma_spatial of the keys' dtype on their device, and
+// preallocated outputs with at least one pixel.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -14,24 +14,31 @@
 namespace featup_mmseg {
 
 // Ops registered with the dispatcher (schemas in bindings.cpp).
-// (B, k*k, H, W) = K_p = R_p S_p / max(sum_q R_q S_q, 1e-7) of keys (B, D, H, W)
-at::Tensor normalized_range_kernel(const at::Tensor& keys, const at::Tensor& scale,
-                                   const at::Tensor& spatial, int64_t kernel_size,
+// (B, k*k, H, W) = K_p = R_p S_p / max(sum_q R_q S_q, 1e-7) of keys (B, D, H, W), with the
+// range kernel's scale from range_param (range_temp or sigma_range, by variant) and the
+// spatial kernel S from sigma_spatial (common/range_kernel_math.h)
+at::Tensor normalized_range_kernel(const at::Tensor& keys, const at::Tensor& range_param,
+                                   const at::Tensor& sigma_spatial, int64_t kernel_size,
                                    c10::string_view variant, c10::string_view padding_mode);
-// (grad_keys, grad_scale, grad_spatial) for the gradient grad (B, k*k, H, W) of K
+// (grad_keys, grad_range_param, grad_sigma_spatial) for the gradient grad (B, k*k, H, W) of K
 std::tuple<at::Tensor, at::Tensor, at::Tensor> normalized_range_kernel_backward(
-    const at::Tensor& grad, const at::Tensor& keys, const at::Tensor& scale,
-    const at::Tensor& spatial, int64_t kernel_size, c10::string_view variant,
+    const at::Tensor& grad, const at::Tensor& keys, const at::Tensor& range_param,
+    const at::Tensor& sigma_spatial, int64_t kernel_size, c10::string_view variant,
     c10::string_view padding_mode);
 
-void normalized_range_kernel_cpu(const at::Tensor& keys, const at::Tensor& scale,
-                                 const at::Tensor& spatial, RangeVariant variant,
-                                 at::Tensor& out, const WindowGeometry& g);
-// grad_scale and grad_spatial are written, grad_keys filled.
-void normalized_range_kernel_backward_cpu(const at::Tensor& grad, const at::Tensor& keys,
-                                          const at::Tensor& scale, const at::Tensor& spatial,
-                                          RangeVariant variant, at::Tensor& grad_keys,
-                                          at::Tensor& grad_scale, at::Tensor& grad_spatial,
-                                          const WindowGeometry& g);
+// Launchers: out, grad_keys, grad_range_param and grad_sigma_spatial are written whole.
+#define FEATUP_RANGE_KERNEL_LAUNCHERS(device)                                                  \
+  void normalized_range_kernel_##device(const at::Tensor& keys, const at::Tensor& range_param, \
+                                        const at::Tensor& sigma_spatial, RangeVariant variant, \
+                                        at::Tensor& out, const WindowGeometry& g);             \
+  void normalized_range_kernel_backward_##device(                                             \
+      const at::Tensor& grad, const at::Tensor& keys, const at::Tensor& range_param,          \
+      const at::Tensor& sigma_spatial, RangeVariant variant, at::Tensor& grad_keys,           \
+      at::Tensor& grad_range_param, at::Tensor& grad_sigma_spatial, const WindowGeometry& g)
+
+FEATUP_RANGE_KERNEL_LAUNCHERS(cpu);
+#ifdef WITH_CUDA
+FEATUP_RANGE_KERNEL_LAUNCHERS(cuda);
+#endif
 
 }  // namespace featup_mmseg

@@ -17,21 +17,22 @@ VARIANT = {'softmax': 'softmax', 'no_mlp': 'softmax', 'gaussian_euclidean': 'gau
            'gaussian_cosine': 'gaussian_cosine'}
 
 
-def _inputs(variant, shape=(2, 3, 4, 5), kernel_size=3, seed=0, dtype=torch.float64):
-    """keys (unit length for 'gaussian_cosine'), scale and a spatial kernel, all leaves."""
+def _inputs(variant, shape=(2, 3, 4, 5), seed=0, dtype=torch.float64):
+    """keys (unit length for 'gaussian_cosine'), range_param and sigma_spatial, all leaves."""
     gen = torch.Generator().manual_seed(seed)
     keys = torch.randn(shape, generator=gen, dtype=dtype)
     if variant == 'gaussian_cosine':
         keys = F.normalize(keys, dim=1)
-    scale = torch.tensor(0.7, dtype=dtype)
-    spatial = torch.rand(kernel_size**2, generator=gen, dtype=dtype) + 0.1
-    return [t.requires_grad_() for t in (keys, scale, spatial)]
+    range_param = torch.tensor(0.4 if variant == 'softmax' else 0.9, dtype=dtype)
+    sigma_spatial = torch.tensor(0.8, dtype=dtype)
+    return [t.requires_grad_() for t in (keys, range_param, sigma_spatial)]
 
 
-def _value_and_grads(op, keys, scale, spatial, *args):
-    out = op(keys, scale, spatial, *args)
+def _value_and_grads(op, keys, range_param, sigma_spatial, *args):
+    out = op(keys, range_param, sigma_spatial, *args)
     weights = torch.linspace(-1, 2, out.numel(), dtype=out.dtype).view_as(out)
-    return (out, *torch.autograd.grad((out * weights).sum(), (keys, scale, spatial)))
+    return (out, *torch.autograd.grad((out * weights).sum(),
+                                      (keys, range_param, sigma_spatial)))
 
 
 def _assert_all_close(got, want, tol):
@@ -63,12 +64,8 @@ def test_matches_the_jbu_stage_composition(range_kernel, radius, size):
     keys = guidance if range_kernel == 'no_mlp' else stage.range_proj(guidance)
     if range_kernel == 'gaussian_cosine':
         keys = F.normalize(keys, dim=1)
-    if range_kernel in ('softmax', 'no_mlp'):
-        scale = stage.range_temp.exp().clamp(1e-4, 1e4)
-    else:
-        scale = 1 / (2 * stage.sigma_range**2)
-    args = (keys, scale, stage.spatial_kernel().flatten(), stage.kernel_size,
-            VARIANT[range_kernel])
+    param = stage.range_temp if range_kernel in ('softmax', 'no_mlp') else stage.sigma_range
+    args = (keys, param, stage.sigma_spatial, stage.kernel_size, VARIANT[range_kernel])
     got = normalized_range_kernel(*args)
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-12)
     torch.testing.assert_close(normalized_range_kernel_reference(*args), expected, rtol=0,
@@ -103,28 +100,30 @@ def test_jbu_stage_kernel_runs_the_fused_op(range_kernel):
 @pytest.mark.parametrize('variant', RANGE_VARIANTS)
 @pytest.mark.parametrize('padding_mode', PADDING_MODES)
 def test_gradients_match_the_reference(variant, padding_mode):
-    inputs = _inputs(variant, shape=(2, 3, 3, 4), kernel_size=5)
+    inputs = _inputs(variant, shape=(2, 3, 3, 4))
     args = (5, variant, padding_mode)
     _assert_all_close(_value_and_grads(normalized_range_kernel, *inputs, *args),
                       _value_and_grads(normalized_range_kernel_reference, *inputs, *args), 1e-12)
 
 
-@pytest.mark.parametrize('variant', RANGE_VARIANTS)
-def test_clamped_tap_sum(variant):
-    # Tap sums below 1e-7 are clamped there: K no longer sums to 1, and its gradient no
-    # longer flows through the sum.
-    keys, scale, spatial = _inputs(variant)
-    spatial = (spatial.detach() * 1e-8).requires_grad_()
-    got = _value_and_grads(normalized_range_kernel, keys, scale, spatial, 3, variant)
-    assert got[0].sum(1).max() < 0.5
+@pytest.mark.parametrize('range_temp', [9.0, 10.0])  # temperature 8103, and clamped at 1e4
+def test_clamped_tap_sum_and_temperature(range_temp):
+    # A narrow spatial kernel leaves the centre tap only, and a sharp softmax puts its weight
+    # on neighbours: tap sums fall below 1e-7 and are clamped there, K no longer sums to 1
+    # and its gradient no longer flows through the sum. Beyond exp(range_temp) = 1e4 the
+    # temperature's gradient is 0.
+    keys = _inputs('softmax')[0]
+    params = [torch.tensor(v, dtype=torch.float64, requires_grad=True) for v in (range_temp, 0.05)]
+    got = _value_and_grads(normalized_range_kernel, keys, *params, 3, 'softmax')
+    assert got[0].sum(1).min() < 0.5
+    assert (got[2] == 0) == (range_temp == 10.0)
     _assert_all_close(
-        got, _value_and_grads(normalized_range_kernel_reference, keys, scale, spatial, 3,
-                              variant), 1e-12)
+        got, _value_and_grads(normalized_range_kernel_reference, keys, *params, 3, 'softmax'),
+        1e-12)
 
 
 def test_float32_and_the_composition_fallback_agree():
-    inputs = _inputs('gaussian_euclidean', shape=(1, 4, 6, 7), kernel_size=7,
-                     dtype=torch.float32)
+    inputs = _inputs('gaussian_euclidean', shape=(1, 4, 6, 7), dtype=torch.float32)
     got = _value_and_grads(normalized_range_kernel, *inputs, 7, 'gaussian_euclidean')
     with use_reference_ops():
         want = _value_and_grads(normalized_range_kernel, *inputs, 7, 'gaussian_euclidean')
@@ -168,13 +167,13 @@ def test_torch_compile_fullgraph():
     _assert_all_close(_value_and_grads(compiled, *inputs), _value_and_grads(op, *inputs), 1e-12)
 
 
-def _call(keys=None, scale=None, spatial=None, kernel_size=3, variant='softmax',
+def _call(keys=None, range_param=None, sigma_spatial=None, kernel_size=3, variant='softmax',
           padding_mode='reflect'):
     keys = torch.randn(1, 2, 4, 4) if keys is None else keys
-    scale = torch.tensor(1.0) if scale is None else scale
-    spatial = torch.ones(kernel_size**2) if spatial is None else spatial
-    return lambda: normalized_range_kernel(keys, scale, spatial, kernel_size, variant,
-                                           padding_mode)
+    range_param = torch.tensor(1.0) if range_param is None else range_param
+    sigma_spatial = torch.tensor(1.0) if sigma_spatial is None else sigma_spatial
+    return lambda: normalized_range_kernel(keys, range_param, sigma_spatial, kernel_size,
+                                           variant, padding_mode)
 
 
 BAD_ARGUMENTS = [
@@ -187,14 +186,15 @@ BAD_ARGUMENTS = [
     (_call(keys=torch.randn(1, 2, 1, 4)), ValueError,
      r'reflect padding needs kernel_size // 2 < H and < W'),
     (_call(padding_mode='circular'), ValueError, r"padding_mode must be one of .*'circular'"),
-    (_call(scale=1.0), TypeError, r'scale must be a torch.Tensor, got float'),
-    (_call(scale=torch.ones(1)), ValueError, r'scale must be a 0-dim tensor, got shape \(1,\)'),
-    (_call(scale=torch.tensor(1.0).double()), ValueError,
-     r'scale has dtype torch.float64 but keys has torch.float32'),
-    (_call(spatial=torch.ones(1, 9, 1, 1)), ValueError,
-     r'spatial must be a \(9,\) tensor, one weight per tap, got shape \(1, 9, 1, 1\)'),
-    (_call(spatial=torch.ones(9, device='meta')), ValueError,
-     r'spatial is on meta but keys is on cpu'),
+    (_call(range_param=1.0), TypeError, r'range_param must be a torch.Tensor, got float'),
+    (_call(range_param=torch.ones(1)), ValueError,
+     r'range_param must be a 0-dim tensor, got shape \(1,\)'),
+    (_call(range_param=torch.tensor(1.0).double()), ValueError,
+     r'range_param has dtype torch.float64 but keys has torch.float32'),
+    (_call(sigma_spatial=torch.ones(9)), ValueError,
+     r'sigma_spatial must be a 0-dim tensor, got shape \(9,\)'),
+    (_call(sigma_spatial=torch.tensor(1.0, device='meta')), ValueError,
+     r'sigma_spatial is on meta but keys is on cpu'),
 ]
 
 
@@ -207,11 +207,11 @@ def test_bad_arguments_are_rejected_clearly(call, error, message):
 def test_dispatcher_ops_check_their_arguments():
     # Direct torch.ops calls bypass the Python checks; the C++ checks still name the problem.
     ops = torch.ops.featup_mmseg
-    keys, scale = torch.randn(1, 2, 4, 4), torch.tensor(1.0)
-    with pytest.raises(RuntimeError, match=r'spatial must have shape \(9,\)'):
-        ops.normalized_range_kernel(keys, scale, torch.ones(25), 3, 'softmax', 'reflect')
+    keys, param = torch.randn(1, 2, 4, 4), torch.tensor(1.0)
+    with pytest.raises(RuntimeError, match=r'sigma_spatial must be a 0-dim Float tensor'):
+        ops.normalized_range_kernel(keys, param, torch.ones(9), 3, 'softmax', 'reflect')
     with pytest.raises(RuntimeError, match=r"variant must be 'softmax', .*got 'cosine'"):
-        ops.normalized_range_kernel(keys, scale, torch.ones(9), 3, 'cosine', 'reflect')
+        ops.normalized_range_kernel(keys, param, param, 3, 'cosine', 'reflect')
     with pytest.raises(RuntimeError, match=r'grad must have shape \(1, 9, 4, 4\)'):
-        ops.normalized_range_kernel_backward(torch.randn(1, 8, 4, 4), keys, scale,
-                                             torch.ones(9), 3, 'softmax', 'reflect')
+        ops.normalized_range_kernel_backward(torch.randn(1, 8, 4, 4), keys, param, param, 3,
+                                             'softmax', 'reflect')

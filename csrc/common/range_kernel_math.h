@@ -20,6 +20,9 @@ enum class RangeVariant : int { Softmax = 0, GaussianEuclidean = 1, GaussianCosi
 
 // The floor of the tap sum that normalises the kernel.
 constexpr double kTapSumFloor = 1e-7;
+// The bounds of the softmax temperature exp(range_temp) (FeatUp's clamp).
+constexpr double kMinTemperature = 1e-4;
+constexpr double kMaxTemperature = 1e4;
 
 template <typename acc_t>
 FEATUP_HOST_DEVICE acc_t range_exp(acc_t v) {
@@ -28,6 +31,55 @@ FEATUP_HOST_DEVICE acc_t range_exp(acc_t v) {
 #else
   return std::exp(v);
 #endif
+}
+
+// The range kernel's scale from its parameter: the softmax temperature
+// clamp(exp(range_temp), 1e-4, 1e4), or the Gaussians' 1 / (2 sigma_range^2).
+template <typename acc_t>
+FEATUP_HOST_DEVICE acc_t range_scale(RangeVariant variant, acc_t param) {
+  if (variant != RangeVariant::Softmax) return acc_t(1) / (acc_t(2) * param * param);
+  const acc_t temperature = range_exp(param);
+  return temperature < acc_t(kMinTemperature)   ? acc_t(kMinTemperature)
+         : temperature > acc_t(kMaxTemperature) ? acc_t(kMaxTemperature)
+                                                : temperature;
+}
+
+// d scale / d param (torch's clamp passes the gradient at its bounds, not beyond).
+template <typename acc_t>
+FEATUP_HOST_DEVICE acc_t range_scale_derivative(RangeVariant variant, acc_t param) {
+  if (variant != RangeVariant::Softmax) return acc_t(-1) / (param * param * param);
+  const acc_t temperature = range_exp(param);
+  const bool inside =
+      temperature >= acc_t(kMinTemperature) && temperature <= acc_t(kMaxTemperature);
+  return inside ? temperature : acc_t(0);
+}
+
+// Squared offset u_i^2 + u_j^2 of tap p = i * k + j, u = torch.linspace(-1, 1, k) computed as
+// torch computes it (from the nearer end).
+template <typename acc_t>
+FEATUP_HOST_DEVICE acc_t tap_offset_square(int64_t p, int64_t k) {
+  if (k == 1) return acc_t(2);  // linspace(-1, 1, 1) = [-1]
+  const acc_t step = acc_t(2) / acc_t(k - 1);
+  const int64_t half = k / 2;
+  const int64_t index[2] = {p / k, p % k};
+  acc_t total = acc_t(0);
+  for (int64_t i : index) {
+    const acc_t u = i < half ? acc_t(-1) + step * acc_t(i) : acc_t(1) - step * acc_t(k - 1 - i);
+    total += u * u;
+  }
+  return total;
+}
+
+// The spatial kernel's tap p: exp(-(u_i^2 + u_j^2) / (2 sigma_spatial^2)).
+template <typename acc_t>
+FEATUP_HOST_DEVICE acc_t spatial_tap(int64_t p, int64_t k, acc_t sigma) {
+  return range_exp(-tap_offset_square<acc_t>(p, k) / (acc_t(2) * sigma * sigma));
+}
+
+// d spatial_tap(p) / d sigma_spatial = spatial_tap(p) (u_i^2 + u_j^2) / sigma^3.
+template <typename acc_t>
+FEATUP_HOST_DEVICE acc_t spatial_tap_derivative(int64_t p, int64_t k, acc_t sigma) {
+  return spatial_tap(p, k, sigma) * tap_offset_square<acc_t>(p, k) / (sigma * sigma * sigma);
 }
 
 // The distance of a Gaussian variant for one tap, written as the unfused composition

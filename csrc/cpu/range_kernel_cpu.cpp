@@ -177,23 +177,29 @@ at::Tensor squared_norms(const at::Tensor& keys, RangeVariant variant) {
   return variant == RangeVariant::GaussianEuclidean ? keys.square().sum(1, true) : at::Tensor();
 }
 
+// The scale and the spatial kernel from the parameters (CPU tensors: read directly).
 template <typename scalar_t>
-RangeArgs<scalar_t> range_args(const at::Tensor& norms, const at::Tensor& spatial,
-                               const at::Tensor& scale, RangeVariant variant,
-                               const WindowGeometry& g) {
-  return {norms.defined() ? norms.const_data_ptr<scalar_t>() : nullptr,
-          spatial.const_data_ptr<scalar_t>(), scale.item<scalar_t>(), variant, g};
+RangeArgs<scalar_t> range_args(const at::Tensor& norms, const at::Tensor& range_param,
+                               const at::Tensor& sigma_spatial, RangeVariant variant,
+                               const WindowGeometry& g, std::vector<scalar_t>& spatial) {
+  const scalar_t sigma = *sigma_spatial.const_data_ptr<scalar_t>();
+  spatial.resize(g.taps());
+  for (int64_t p = 0; p < g.taps(); ++p) spatial[p] = spatial_tap(p, g.size(), sigma);
+  return {norms.defined() ? norms.const_data_ptr<scalar_t>() : nullptr, spatial.data(),
+          range_scale(variant, *range_param.const_data_ptr<scalar_t>()), variant, g};
 }
 
 }  // namespace
 
-void normalized_range_kernel_cpu(const at::Tensor& keys, const at::Tensor& scale,
-                                 const at::Tensor& spatial, RangeVariant variant,
+void normalized_range_kernel_cpu(const at::Tensor& keys, const at::Tensor& range_param,
+                                 const at::Tensor& sigma_spatial, RangeVariant variant,
                                  at::Tensor& out, const WindowGeometry& g) {
   window_dots(keys, out, g);
   const at::Tensor norms = squared_norms(keys, variant);
   AT_DISPATCH_FLOATING_TYPES(keys.scalar_type(), "normalized_range_kernel_cpu", [&] {
-    const RangeArgs<scalar_t> args = range_args<scalar_t>(norms, spatial, scale, variant, g);
+    std::vector<scalar_t> spatial;
+    const RangeArgs<scalar_t> args =
+        range_args<scalar_t>(norms, range_param, sigma_spatial, variant, g, spatial);
     scalar_t* dots = out.mutable_data_ptr<scalar_t>();
     at::parallel_for(0, keys.size(0) * g.height, grain(8 * g.taps() * g.width),
                      [&](int64_t begin, int64_t end) { normalize_rows(dots, args, begin, end); });
@@ -201,9 +207,10 @@ void normalized_range_kernel_cpu(const at::Tensor& keys, const at::Tensor& scale
 }
 
 void normalized_range_kernel_backward_cpu(const at::Tensor& grad, const at::Tensor& keys,
-                                          const at::Tensor& scale, const at::Tensor& spatial,
-                                          RangeVariant variant, at::Tensor& grad_keys,
-                                          at::Tensor& grad_scale, at::Tensor& grad_spatial,
+                                          const at::Tensor& range_param,
+                                          const at::Tensor& sigma_spatial, RangeVariant variant,
+                                          at::Tensor& grad_keys, at::Tensor& grad_range_param,
+                                          at::Tensor& grad_sigma_spatial,
                                           const WindowGeometry& g) {
   const int64_t batch = keys.size(0), rows = batch * g.height, taps = g.taps();
   at::Tensor dots = at::empty({batch, taps, g.height, g.width}, keys.options());
@@ -214,7 +221,9 @@ void normalized_range_kernel_backward_cpu(const at::Tensor& grad, const at::Tens
   at::Tensor norm_grad = euclidean ? at::empty_like(norms) : at::Tensor();
   at::Tensor partials = at::empty({rows, 1 + taps}, keys.options());
   AT_DISPATCH_FLOATING_TYPES(keys.scalar_type(), "normalized_range_kernel_backward_cpu", [&] {
-    const RangeArgs<scalar_t> args = range_args<scalar_t>(norms, spatial, scale, variant, g);
+    std::vector<scalar_t> spatial;
+    const RangeArgs<scalar_t> args =
+        range_args<scalar_t>(norms, range_param, sigma_spatial, variant, g, spatial);
     scalar_t* dots_ptr = dots.mutable_data_ptr<scalar_t>();
     scalar_t* distance_ptr = euclidean ? distance_grad.mutable_data_ptr<scalar_t>() : nullptr;
     scalar_t* norm_ptr = euclidean ? norm_grad.mutable_data_ptr<scalar_t>() : nullptr;
@@ -223,14 +232,20 @@ void normalized_range_kernel_backward_cpu(const at::Tensor& grad, const at::Tens
     at::parallel_for(0, rows, grain(12 * taps * g.width), [&](int64_t begin, int64_t end) {
       backward_rows(dots_ptr, grad_ptr, distance_ptr, norm_ptr, partials_ptr, args, begin, end);
     });
-    // the rows' shares, summed in row order in double
+    // the rows' shares, summed in row order in double, then through the chain rule to the
+    // parameters
     std::vector<double> sums(1 + taps, 0.0);
     for (int64_t row = 0; row < rows; ++row) {
       for (int64_t t = 0; t <= taps; ++t) sums[t] += double(partials_ptr[row * (1 + taps) + t]);
     }
-    grad_scale.fill_(sums[0]);
-    scalar_t* spatial_grad = grad_spatial.mutable_data_ptr<scalar_t>();
-    for (int64_t p = 0; p < taps; ++p) spatial_grad[p] = scalar_t(sums[1 + p]);
+    const scalar_t param = *range_param.const_data_ptr<scalar_t>();
+    const scalar_t sigma = *sigma_spatial.const_data_ptr<scalar_t>();
+    double sigma_grad = 0.0;
+    for (int64_t p = 0; p < taps; ++p) {
+      sigma_grad += sums[1 + p] * double(spatial_tap_derivative(p, g.size(), sigma));
+    }
+    grad_range_param.fill_(sums[0] * double(range_scale_derivative(variant, param)));
+    grad_sigma_spatial.fill_(sigma_grad);
   });
   if (keys.size(1) == 0) return;
   window_correlation_backward_cpu(dots, keys, grad_keys, g);

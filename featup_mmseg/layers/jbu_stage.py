@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
 from ..ops import adaptive_conv, normalized_range_kernel, window_correlation
-from ..ops.reference import window_patches
+from ..ops.reference import range_scale, spatial_kernel, window_patches
 from .argument_checks import check_choice, check_int
 from .bicubic import ResizedAggregation, bicubic_resize, resized_adaptive_conv
 from .code_paths import takes_cpu_path
@@ -215,10 +215,7 @@ class JBUStage(nn.Module):
 
     def spatial_kernel(self) -> torch.Tensor:
         """(1, k*k, 1, 1) Gaussian of the tap offsets, normalised to [-1, 1]."""
-        offsets = torch.linspace(-1, 1, self.kernel_size, device=self.sigma_spatial.device,
-                                 dtype=self.sigma_spatial.dtype)
-        squared = offsets[:, None].square() + offsets[None, :].square()
-        return torch.exp(-squared / (2 * self.sigma_spatial**2)).reshape(1, -1, 1, 1)
+        return spatial_kernel(self.sigma_spatial, self.kernel_size).reshape(1, -1, 1, 1)
 
     def range_keys(self, guidance: torch.Tensor,
                    first_layer: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -243,12 +240,21 @@ class JBUStage(nn.Module):
             keys = F.normalize(keys, dim=1)
         return keys
 
+    @property
+    def range_variant(self) -> str:
+        """The fused op's variant (:data:`featup_mmseg.ops.RANGE_VARIANTS`) of this stage's
+        range kernel: 'no_mlp' is FeatUp's softmax over other keys."""
+        return 'softmax' if self.range_kernel_type == 'no_mlp' else self.range_kernel_type
+
+    @property
+    def range_param(self) -> nn.Parameter:
+        """The range kernel's parameter: range_temp (softmax) or sigma_range (Gaussians)."""
+        return self.range_temp if self.range_variant == 'softmax' else self.sigma_range
+
     def range_scale(self) -> torch.Tensor:
         """The range kernel's 0-dim scale: the softmax temperature
         clamp(exp(range_temp), 1e-4, 1e4), or the Gaussians' 1 / (2 sigma_range^2)."""
-        if self.range_kernel_type in ('softmax', 'no_mlp'):
-            return self.range_temp.exp().clamp(1e-4, 1e4)
-        return 1 / (2 * self.sigma_range**2)
+        return range_scale(self.range_param, self.range_variant)
 
     def range_kernel(self, guidance: torch.Tensor,
                      first_layer: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -260,7 +266,7 @@ class JBUStage(nn.Module):
         """
         keys = self.range_keys(guidance, first_layer)
         dots = window_correlation(keys, self.kernel_size, PADDING_MODE)
-        if self.range_kernel_type in ('softmax', 'no_mlp'):
+        if self.range_variant == 'softmax':
             return F.softmax(self.range_scale() * dots, dim=1)
         if self.range_kernel_type == 'gaussian_cosine':
             distance = 1 - dots
@@ -302,21 +308,23 @@ class JBUStage(nn.Module):
         taps = self.kernel_size**2
         if products is None:
             products = self.guidance_products(guidance)
-        range_first_layer = products[:, :-taps] if self.range_kernel_type != 'no_mlp' else None
-        keys = self.range_keys(guidance, range_first_layer)
-        # one op (on CPU one compiled kernel each way) for range kernel, spatial kernel and
-        # normalisation; keys are float32 or float64, the scalars follow them
-        variant = 'softmax' if self.range_kernel_type == 'no_mlp' else self.range_kernel_type
+        # one split, not two slices: one op for both parts' gradients
+        *range_first_layer, fixup_part = products.split(
+            [products.shape[1] - taps, taps] if self.range_kernel_type != 'no_mlp' else [taps],
+            dim=1)
+        keys = self.range_keys(guidance, *range_first_layer)
+        # range kernel (from its parameter), spatial kernel (from sigma_spatial) and the
+        # normalisation as one op each way; keys are float32 or float64, the scalars follow
         combined = normalized_range_kernel(
-            keys, self.range_scale().to(keys.dtype),
-            self.spatial_kernel().flatten().to(keys.dtype), self.kernel_size, variant,
-            PADDING_MODE)
+            keys, self.range_param.to(keys.dtype), self.sigma_spatial.to(keys.dtype),
+            self.kernel_size, self.range_variant, PADDING_MODE)
         if not autocast_enabled(combined.device.type):
             # a half-precision stage compares its keys in float32 (range_kernel) and runs
             # its fixup MLP in its own dtype (under autocast, autocast chooses)
             combined = combined.to(products.dtype)
-        hidden = conv1x1(combined, first.weight[:, :taps]) + products[:, -taps:]
-        return combined + 0.1 * conv1x1(dropout(gelu(hidden)), last.weight, last.bias)
+        hidden = conv1x1(combined, first.weight[:, :taps]) + fixup_part
+        return torch.add(combined, conv1x1(dropout(gelu(hidden)), last.weight, last.bias),
+                         alpha=0.1)
 
     def forward(self, source: torch.Tensor, guidance: torch.Tensor,
                 products: Optional[torch.Tensor] = None) -> torch.Tensor:

@@ -43,12 +43,30 @@ def window_cross_correlation_reference(queries: torch.Tensor, keys: torch.Tensor
     return (window_patches(keys, kernel_size, padding_mode) * queries.unsqueeze(2)).sum(1)
 
 
-def normalized_range_kernel_reference(keys: torch.Tensor, scale: torch.Tensor,
-                                      spatial: torch.Tensor, kernel_size: int = 7,
+def range_scale(range_param: torch.Tensor, variant: str = 'softmax') -> torch.Tensor:
+    """A JBU range kernel's scale from its parameter: for 'softmax' the temperature
+    ``clamp(exp(range_temp), 1e-4, 1e4)``, for the Gaussians ``1 / (2 sigma_range^2)``."""
+    if variant == 'softmax':
+        return range_param.exp().clamp(1e-4, 1e4)
+    return 1 / (2 * range_param**2)
+
+
+def spatial_kernel(sigma_spatial: torch.Tensor, kernel_size: int) -> torch.Tensor:
+    """(k*k,) Gaussian of the tap offsets ``exp(-(u_i^2 + u_j^2) / (2 sigma_spatial^2))``,
+    u = linspace(-1, 1, k), tap p = i * k + j."""
+    offsets = torch.linspace(-1, 1, kernel_size, device=sigma_spatial.device,
+                             dtype=sigma_spatial.dtype)
+    squared = offsets[:, None].square() + offsets[None, :].square()
+    return torch.exp(-squared / (2 * sigma_spatial**2)).flatten()
+
+
+def normalized_range_kernel_reference(keys: torch.Tensor, range_param: torch.Tensor,
+                                      sigma_spatial: torch.Tensor, kernel_size: int = 7,
                                       variant: str = 'softmax', padding_mode: str = 'reflect',
                                       correlation=window_correlation_reference) -> torch.Tensor:
-    """K = R * spatial / clamp(sum_p R * spatial, min=1e-7), R the range kernel of ``variant``
-    over the window dot products <Q_c, Q~_p> of the keys:
+    """K = R * S / clamp(sum_p R * S, min=1e-7), S = :func:`spatial_kernel` of
+    ``sigma_spatial`` and R the range kernel of ``variant`` over the window dot products
+    <Q_c, Q~_p> of the keys, with scale = :func:`range_scale` of ``range_param``:
 
     - 'softmax': softmax over the taps of scale * <Q_c, Q~_p>;
     - 'gaussian_euclidean': exp(-scale * clamp_min(|Q_c|^2 + |Q~_p|^2 - 2 <Q_c, Q~_p>, 0));
@@ -58,6 +76,7 @@ def normalized_range_kernel_reference(keys: torch.Tensor, scale: torch.Tensor,
     featup_mmseg.ops passes its compiled op where it has no fused kernel).
     """
     dots = correlation(keys, kernel_size, padding_mode)
+    scale = range_scale(range_param, variant)
     if variant == 'softmax':
         range_kernel = F.softmax(scale * dots, dim=1)
     else:
@@ -68,7 +87,7 @@ def normalized_range_kernel_reference(keys: torch.Tensor, scale: torch.Tensor,
             window_norms = window_patches(norms, kernel_size, padding_mode)[:, 0]
             distance = (norms + window_norms - 2 * dots).clamp_min(0)
         range_kernel = torch.exp(-scale * distance)
-    combined = range_kernel * spatial.view(1, -1, 1, 1)
+    combined = range_kernel * spatial_kernel(sigma_spatial, kernel_size).view(1, -1, 1, 1)
     return combined / combined.sum(1, keepdim=True).clamp(min=1e-7)
 
 

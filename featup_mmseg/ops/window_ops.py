@@ -404,34 +404,39 @@ def adaptive_conv_transpose(y: torch.Tensor, kernel: torch.Tensor,
     return adaptive_conv_transpose_reference(y, kernel, padding_mode)
 
 
-def normalized_range_kernel(keys: torch.Tensor, scale: torch.Tensor, spatial: torch.Tensor,
-                            kernel_size: int = 7, variant: str = 'softmax',
+def normalized_range_kernel(keys: torch.Tensor, range_param: torch.Tensor,
+                            sigma_spatial: torch.Tensor, kernel_size: int = 7,
+                            variant: str = 'softmax',
                             padding_mode: str = 'reflect') -> torch.Tensor:
-    """A JBU stage's per-pixel kernel before its fixup: range kernel times spatial kernel,
-    normalised over the taps, as one op.
+    """A JBU stage's per-pixel kernel before its fixup, from its keys and its two scalar
+    parameters: range kernel times spatial kernel, normalised over the taps, as one op.
 
-    ``K[b, p] = R[b, p] * spatial[p] / clamp(sum_q R[b, q] * spatial[q], min=1e-7)``, where R
-    is a function of the window dot products ``<Q_c, Q~_p>`` (:func:`window_correlation`):
+    ``K[b, p] = R[b, p] * S[p] / clamp(sum_q R[b, q] * S[q], min=1e-7)``, where S is the
+    spatial Gaussian ``exp(-(u_i^2 + u_j^2) / (2 sigma_spatial^2))`` of the tap offsets
+    (u = linspace(-1, 1, k), tap p = i * k + j) and R a function of the window dot products
+    ``<Q_c, Q~_p>`` (:func:`window_correlation`):
 
     - 'softmax' (FeatUp, and its ablation without the key MLP): softmax over the taps of
-      ``scale * <Q_c, Q~_p>``, scale the temperature ``clamp(exp(range_temp), 1e-4, 1e4)``;
-    - 'gaussian_euclidean': ``exp(-scale * clamp_min(|Q_c|^2 + |Q~_p|^2 - 2 <Q_c, Q~_p>, 0))``,
-      scale = 1 / (2 sigma_range^2);
-    - 'gaussian_cosine': ``exp(-scale * (1 - <Q_c, Q~_p>))`` for keys the caller normalised
-      to unit length (``F.normalize(keys, dim=1)``), scale = 1 / (2 sigma_range^2).
+      ``t * <Q_c, Q~_p>``, t the temperature ``clamp(exp(range_param), 1e-4, 1e4)``
+      (range_param is FeatUp's range_temp);
+    - 'gaussian_euclidean': ``exp(-clamp_min(|Q_c|^2 + |Q~_p|^2 - 2 <Q_c, Q~_p>, 0) /
+      (2 range_param^2))`` (range_param is sigma_range);
+    - 'gaussian_cosine': ``exp(-(1 - <Q_c, Q~_p>) / (2 range_param^2))`` for keys the caller
+      normalised to unit length (``F.normalize(keys, dim=1)``).
 
-    On CPU one compiled kernel forward and one backward (the gradients of keys, scale and
-    spatial together) instead of a dozen ops each way; elsewhere, under torch.jit.trace and
-    in ONNX export (whose exporters translate the window ops), the same composition of the
-    window ops (:func:`normalized_range_kernel_reference` over :func:`window_correlation`).
-    Gradients of any order: the first through the backward kernel; where the backward
-    itself is differentiated (create_graph), it recomputes the composition and
-    differentiates that instead.
+    With the compiled extension (CPU, and CUDA where built with it) one kernel forward and
+    one backward (the gradients of keys and both parameters together) instead of about 30
+    ops; without it, under torch.jit.trace and in ONNX export (whose exporters translate the
+    window ops), the same composition of the window ops
+    (:func:`normalized_range_kernel_reference` over :func:`window_correlation`). Gradients
+    of any order: the first through the backward kernel; where the backward itself is
+    differentiated (create_graph), it recomputes the composition and differentiates that.
 
     Args:
         keys: (B, D, H, W), float32 or float64 (cast half-precision keys to float32).
-        scale: 0-dim tensor of keys' dtype and device.
-        spatial: (k*k,) spatial kernel, tap p = i*k + j, of keys' dtype and device.
+        range_param: 0-dim tensor of keys' dtype and device: range_temp for 'softmax',
+            sigma_range for the Gaussians.
+        sigma_spatial: 0-dim tensor of keys' dtype and device.
         kernel_size: odd window size k.
         variant: one of ``RANGE_VARIANTS``.
         padding_mode: the window's border handling: 'reflect' (FeatUp), 'zeros' or
@@ -448,20 +453,18 @@ def normalized_range_kernel(keys: torch.Tensor, scale: torch.Tensor, spatial: to
     if variant not in RANGE_VARIANTS:
         raise ValueError(f'{op}: variant must be one of {RANGE_VARIANTS}, got {variant!r}')
     _check_window(op, kernel_size, padding_mode, keys.shape[2], keys.shape[3])
-    for name, t, shape, what in (('scale', scale, (), 'a 0-dim tensor'),
-                                 ('spatial', spatial, (kernel_size**2, ),
-                                  f'a ({kernel_size**2},) tensor, one weight per tap')):
+    for name, t in (('range_param', range_param), ('sigma_spatial', sigma_spatial)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f'{op}: {name} must be a torch.Tensor, got {type(t).__name__}')
-        if tuple(t.shape) != shape:
-            raise ValueError(f'{op}: {name} must be {what}, got shape {tuple(t.shape)}')
+        if t.dim() != 0:
+            raise ValueError(f'{op}: {name} must be a 0-dim tensor, got shape {tuple(t.shape)}')
         _check_same_place(op, name, t, 'keys', keys)
     if _use_ext(keys.device) and keys.device.type in _RANGE_KERNEL_DEVICES \
             and not torch.jit.is_tracing() and not torch.onnx.is_in_onnx_export():
-        return _compiled_ops.normalized_range_kernel(keys, scale, spatial, kernel_size, variant,
-                                                     padding_mode)
-    return normalized_range_kernel_reference(keys, scale, spatial, kernel_size, variant,
-                                             padding_mode, correlation=window_correlation)
+        return _compiled_ops.normalized_range_kernel(keys, range_param, sigma_spatial,
+                                                     kernel_size, variant, padding_mode)
+    return normalized_range_kernel_reference(keys, range_param, sigma_spatial, kernel_size,
+                                             variant, padding_mode, correlation=window_correlation)
 
 
 def bicubic_resize(x: torch.Tensor, size) -> torch.Tensor:
@@ -814,19 +817,20 @@ def _bicubic_resize_backward_vjp(ops, grad, needs, input_size):
     return (ops.bicubic_resize(grad, input_size),)
 
 
-def _normalized_range_kernel_vjp(ops, grad, needs, keys, scale, spatial, kernel_size, variant,
-                                 padding_mode):
+def _normalized_range_kernel_vjp(ops, grad, needs, keys, range_param, sigma_spatial,
+                                 kernel_size, variant, padding_mode):
     wanted = needs[:3]
     if torch.is_grad_enabled():
         # create_graph: the backward kernel has no derivative of its own, so the gradient is
         # that of the recomputed composition of the window ops, whose rules give any order
-        inputs = [t for t, want in zip((keys, scale, spatial), wanted) if want]
-        out = normalized_range_kernel_reference(keys, scale, spatial, kernel_size, variant,
-                                                padding_mode, correlation=ops.window_correlation)
+        inputs = [t for t, want in zip((keys, range_param, sigma_spatial), wanted) if want]
+        out = normalized_range_kernel_reference(keys, range_param, sigma_spatial, kernel_size,
+                                                variant, padding_mode,
+                                                correlation=ops.window_correlation)
         grads = iter(torch.autograd.grad(out, inputs, grad, create_graph=True))
         return tuple(next(grads) if want else None for want in wanted)
     grads = torch.ops.featup_mmseg.normalized_range_kernel_backward(
-        grad, keys, scale, spatial, kernel_size, variant, padding_mode)
+        grad, keys, range_param, sigma_spatial, kernel_size, variant, padding_mode)
     return tuple(g if want else None for g, want in zip(grads, wanted))
 
 
@@ -894,10 +898,10 @@ def _register_fake_kernels() -> None:
             lambda attn, features, input_size, dilation, border: features.new_empty(
                 (*features.shape[:2], *input_size)),
         'normalized_range_kernel':
-            lambda keys, scale, spatial, kernel_size, variant, mode: taps_like(keys, kernel_size),
+            lambda keys, param, sigma, kernel_size, variant, mode: taps_like(keys, kernel_size),
         'normalized_range_kernel_backward':
-            lambda grad, keys, scale, spatial, kernel_size, variant, mode:
-                (keys_like(keys), scale.new_empty(()), spatial.new_empty(spatial.shape)),
+            lambda grad, keys, param, sigma, kernel_size, variant, mode:
+                (keys_like(keys), param.new_empty(()), sigma.new_empty(())),
         'bicubic_resize': lambda x, size: x.new_empty((*x.shape[:2], *size)),
         # the ops writing into a given tensor return nothing
         'adaptive_conv_out': lambda features, kernel, mode, out: None,
