@@ -95,6 +95,10 @@ def test_jbu_stage_kernel_runs_the_fused_op(range_kernel):
     assert 'featup_mmseg.normalized_range_kernel' in forward.names
     assert 'featup_mmseg.window_correlation' not in forward.names
     assert 'featup_mmseg.normalized_range_kernel_backward' in backward.names
+    # the temperature and the spatial Gaussian come from the parameters inside the op: no
+    # scalar ops of their own either way
+    scalar_ops = {'aten.exp', 'aten.clamp', 'aten.linspace', 'aten.pow', 'aten.where'}
+    assert not scalar_ops & (forward.names | backward.names)
 
 
 @pytest.mark.parametrize('variant', RANGE_VARIANTS)

@@ -181,7 +181,9 @@ class ResizedAggregation:
         where not needed; differentiable where grad mode is on (create_graph)."""
         resizer, mode = self.resizer, self.padding_mode
         kernel_size = math.isqrt(kernel.shape[1])
-        grad_source = torch.empty_like(source) if needs_source else None
+        # one chunk (as on accelerators, up to the chunk size): its gradient is the source's
+        whole = len(self.chunks) == 1
+        grad_source = torch.empty_like(source) if needs_source and not whole else None
         # The kernel gradient of each batch range, summed over its channel chunks: in place
         # (the first chunk writes it, the others add to it), unless this backward must be
         # differentiable (create_graph), which the in-place ops are not.
@@ -206,8 +208,11 @@ class ResizedAggregation:
                     grad_kernels[key] = part if key not in grad_kernels else \
                         grad_kernels[key].add_(part)
             if needs_source:
-                grad_source[samples, channel_range] = resizer.adjoint(
-                    adaptive_conv_transpose(grad_chunk, kernel[samples], mode))
+                part = resizer.adjoint(adaptive_conv_transpose(grad_chunk, kernel[samples], mode))
+                if whole:
+                    grad_source = part
+                else:
+                    grad_source[samples, channel_range] = part
         if needs_kernel and not in_place:
             parts = list(grad_kernels.values())
             grad_kernel = (torch.zeros_like(kernel) if not parts  # no channels

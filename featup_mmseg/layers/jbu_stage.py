@@ -280,6 +280,12 @@ class JBUStage(nn.Module):
         """(weight (n, Cg), bias (n, )) of the 1x1 layers that read the guidance itself:
         range_proj's first layer (none for 'no_mlp') and the guidance's part of
         fixup_proj's first layer, stacked in that order."""
+        weights, biases = self.guidance_projection_parts()
+        return _stacked(weights), _stacked(biases)
+
+    def guidance_projection_parts(self) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
+        """The weights (each (n_i, Cg)) and biases of :meth:`guidance_projection`, not yet
+        stacked."""
         # fixup_proj(cat([K, G])) without the concatenation (a copy of G stored for the
         # backward): its first 1x1 conv splits over the kernel's and the guidance's
         # channels. The guidance's part and range_proj's first layer are one product:
@@ -291,7 +297,7 @@ class JBUStage(nn.Module):
         if self.range_kernel_type != 'no_mlp':
             weights.insert(0, self.range_proj[0].weight.flatten(1))
             biases.insert(0, self.range_proj[0].bias)
-        return torch.cat(weights), torch.cat(biases)
+        return weights, biases
 
     def guidance_products(self, guidance: torch.Tensor) -> torch.Tensor:
         """The guidance through :meth:`guidance_projection`: (B, n, H, W)."""
@@ -473,8 +479,18 @@ def jbu_guidance_products(stages: Sequence[JBUStage],
     """
     for stage in stages:
         stage._check_guidance(guidance)
-    projections = [stage.guidance_projection() for stage in stages]
-    weights = [weight for weight, _ in projections]
-    products = conv1x1(guidance, torch.cat(weights),
-                       torch.cat([bias for _, bias in projections]))
-    return list(products.split([len(weight) for weight in weights], dim=1))
+    weights, biases, sizes = [], [], []
+    for stage in stages:
+        stage_weights, stage_biases = stage.guidance_projection_parts()
+        weights += stage_weights
+        biases += stage_biases
+        sizes.append(sum(len(weight) for weight in stage_weights))
+    # every stage's parts stacked at once: one concatenation for all weights, one for all
+    # biases
+    products = conv1x1(guidance, _stacked(weights), _stacked(biases))
+    return list(products.split(sizes, dim=1))
+
+
+def _stacked(tensors: List[torch.Tensor]) -> torch.Tensor:
+    """torch.cat(tensors) (dim 0), without a copy for one tensor."""
+    return tensors[0] if len(tensors) == 1 else torch.cat(tensors)
