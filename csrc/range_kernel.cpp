@@ -23,19 +23,23 @@ WindowGeometry check_range_arguments(const char* op, const at::Tensor& keys,
                                      const at::Tensor& sigma_spatial, int64_t kernel_size,
                                      c10::string_view padding_mode) {
   check_map(op, "keys", keys);
-  TORCH_CHECK(keys.scalar_type() == at::kFloat || keys.scalar_type() == at::kDouble, op,
-              ": keys must be float32 or float64, got ", keys.scalar_type());
   const WindowGeometry g = make_geometry(op, keys, kernel_size, padding_mode);
   for (const auto& named : {std::make_pair("range_param", &range_param),
                             std::make_pair("sigma_spatial", &sigma_spatial)}) {
     const at::Tensor& t = *named.second;
-    TORCH_CHECK(t.device() == keys.device() && t.scalar_type() == keys.scalar_type() &&
+    TORCH_CHECK(t.device() == keys.device() && at::isFloatingType(t.scalar_type()) &&
                     t.dim() == 0,
-                op, ": ", named.first, " must be a 0-dim ", keys.scalar_type(), " tensor on ",
-                keys.device(), " like keys, got shape ", t.sizes(), ", ", t.scalar_type(),
-                " on ", t.device());
+                op, ": ", named.first, " must be a 0-dim floating tensor on ", keys.device(),
+                " like keys, got shape ", t.sizes(), ", ", t.scalar_type(), " on ",
+                t.device());
   }
   return g;
+}
+
+// The dtype the kernels compute in: float64 for float64 keys, else float32 (half-precision
+// keys feed a sharp softmax or exponential: compared in float32).
+at::ScalarType compute_type(const at::Tensor& keys) {
+  return keys.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
 }
 
 #ifdef WITH_CUDA
@@ -55,11 +59,14 @@ at::Tensor normalized_range_kernel(const at::Tensor& keys, const at::Tensor& ran
   const WindowGeometry g = check_range_arguments(op, keys, range_param, sigma_spatial,
                                                  kernel_size, padding_mode);
   const RangeVariant range_variant = parse_variant(variant);
-  at::Tensor out = at::empty({keys.size(0), g.taps(), g.height, g.width}, keys.options());
-  if (out.numel() == 0) return out;
-  FEATUP_RANGE_LAUNCH(normalized_range_kernel, keys.device(), keys.contiguous(), range_param,
-                      sigma_spatial, range_variant, out, g);
-  return out;
+  const at::ScalarType type = compute_type(keys);
+  at::Tensor out = at::empty({keys.size(0), g.taps(), g.height, g.width},
+                             keys.options().dtype(type));
+  if (out.numel() > 0) {
+    FEATUP_RANGE_LAUNCH(normalized_range_kernel, keys.device(), keys.to(type).contiguous(),
+                        range_param.to(type), sigma_spatial.to(type), range_variant, out, g);
+  }
+  return out.to(keys.scalar_type());
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> normalized_range_kernel_backward(
@@ -71,27 +78,30 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> normalized_range_kernel_backward(
                                                  kernel_size, padding_mode);
   const RangeVariant range_variant = parse_variant(variant);
   check_map(op, "grad", grad);
-  TORCH_CHECK(grad.device() == keys.device() && grad.scalar_type() == keys.scalar_type(), op,
-              ": grad must be a ", keys.scalar_type(), " tensor on ", keys.device(),
-              " like keys, got ", grad.scalar_type(), " on ", grad.device());
+  TORCH_CHECK(grad.device() == keys.device(), op, ": grad must be on ", keys.device(),
+              " like keys, got ", grad.device());
   TORCH_CHECK(grad.size(0) == keys.size(0) && grad.size(1) == g.taps() &&
                   grad.size(2) == g.height && grad.size(3) == g.width,
               op, ": grad must have shape (", keys.size(0), ", ", g.taps(), ", ", g.height, ", ",
               g.width, "), got ", grad.sizes());
-  const at::Tensor keys_c = keys.contiguous();
+  const at::ScalarType type = compute_type(keys);
+  const at::Tensor keys_c = keys.to(type).contiguous();
   at::Tensor grad_keys = at::empty_like(keys_c);
-  at::Tensor grad_range_param = at::empty({}, keys.options());
-  at::Tensor grad_sigma_spatial = at::empty({}, keys.options());
+  at::Tensor grad_range_param = at::empty({}, keys_c.options());
+  at::Tensor grad_sigma_spatial = at::empty({}, keys_c.options());
   if (grad.numel() == 0) {
     grad_keys.zero_();
     grad_range_param.zero_();
     grad_sigma_spatial.zero_();
-    return {grad_keys, grad_range_param, grad_sigma_spatial};
+  } else {
+    FEATUP_RANGE_LAUNCH(normalized_range_kernel_backward, keys.device(),
+                        grad.to(type).contiguous(), keys_c, range_param.to(type),
+                        sigma_spatial.to(type), range_variant, grad_keys, grad_range_param,
+                        grad_sigma_spatial, g);
   }
-  FEATUP_RANGE_LAUNCH(normalized_range_kernel_backward, keys.device(), grad.contiguous(), keys_c,
-                      range_param, sigma_spatial, range_variant, grad_keys, grad_range_param,
-                      grad_sigma_spatial, g);
-  return {grad_keys, grad_range_param, grad_sigma_spatial};
+  // each gradient in its input's dtype
+  return {grad_keys.to(keys.scalar_type()), grad_range_param.to(range_param.scalar_type()),
+          grad_sigma_spatial.to(sigma_spatial.scalar_type())};
 }
 
 }  // namespace featup_mmseg

@@ -1,7 +1,8 @@
 // Device-independent entry points of the fused JBU range kernel (range_kernel.cpp) and the
-// per-device launchers they call (cpu/, cuda/). Launchers receive contiguous keys, the 0-dim
-// parameters range_param and sigma_spatial of the keys' dtype on their device, and
-// preallocated outputs with at least one pixel.
+// per-device launchers they call (cpu/, cuda/). Keys of any floating dtype, parameters of
+// any floating dtype: the launchers receive contiguous float32 or float64 keys (float32 for
+// half-precision keys), the 0-dim parameters range_param and sigma_spatial in that dtype
+// on the keys' device, and preallocated outputs with at least one pixel.
 #pragma once
 
 #include <ATen/ATen.h>

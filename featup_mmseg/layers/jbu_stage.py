@@ -320,10 +320,9 @@ class JBUStage(nn.Module):
             dim=1)
         keys = self.range_keys(guidance, *range_first_layer)
         # range kernel (from its parameter), spatial kernel (from sigma_spatial) and the
-        # normalisation as one op each way; keys are float32 or float64, the scalars follow
-        combined = normalized_range_kernel(
-            keys, self.range_param.to(keys.dtype), self.sigma_spatial.to(keys.dtype),
-            self.kernel_size, self.range_variant, PADDING_MODE)
+        # normalisation as one op each way
+        combined = normalized_range_kernel(keys, self.range_param, self.sigma_spatial,
+                                           self.kernel_size, self.range_variant, PADDING_MODE)
         if not autocast_enabled(combined.device.type):
             # a half-precision stage compares its keys in float32 (range_kernel) and runs
             # its fixup MLP in its own dtype (under autocast, autocast chooses)

@@ -72,9 +72,16 @@ def normalized_range_kernel_reference(keys: torch.Tensor, range_param: torch.Ten
     - 'gaussian_euclidean': exp(-scale * clamp_min(|Q_c|^2 + |Q~_p|^2 - 2 <Q_c, Q~_p>, 0));
     - 'gaussian_cosine': exp(-scale * (1 - <Q_c, Q~_p>)), for unit keys.
 
+    Computed in float64 for float64 keys, else in float32 (half-precision keys feed a sharp
+    softmax or exponential), the result in the keys' dtype.
+
     ``correlation``: the window correlation it is composed of (the reference by default;
     featup_mmseg.ops passes its compiled op where it has no fused kernel).
     """
+    dtype = keys.dtype
+    compute = torch.float64 if dtype == torch.float64 else torch.float32
+    keys, range_param = keys.to(compute), range_param.to(compute)
+    sigma_spatial = sigma_spatial.to(compute)
     dots = correlation(keys, kernel_size, padding_mode)
     scale = range_scale(range_param, variant)
     if variant == 'softmax':
@@ -88,7 +95,7 @@ def normalized_range_kernel_reference(keys: torch.Tensor, range_param: torch.Ten
             distance = (norms + window_norms - 2 * dots).clamp_min(0)
         range_kernel = torch.exp(-scale * distance)
     combined = range_kernel * spatial_kernel(sigma_spatial, kernel_size).view(1, -1, 1, 1)
-    return combined / combined.sum(1, keepdim=True).clamp(min=1e-7)
+    return (combined / combined.sum(1, keepdim=True).clamp(min=1e-7)).to(dtype)
 
 
 def adaptive_conv_reference(x: torch.Tensor, kernel: torch.Tensor,

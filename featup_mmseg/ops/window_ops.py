@@ -433,32 +433,33 @@ def normalized_range_kernel(keys: torch.Tensor, range_param: torch.Tensor,
     differentiated (create_graph), it recomputes the composition and differentiates that.
 
     Args:
-        keys: (B, D, H, W), float32 or float64 (cast half-precision keys to float32).
-        range_param: 0-dim tensor of keys' dtype and device: range_temp for 'softmax',
+        keys: (B, D, H, W), any floating dtype; half-precision keys are compared in
+            float32 (they feed a sharp softmax or exponential) and K rounded to their dtype.
+        range_param: 0-dim floating tensor on keys' device: range_temp for 'softmax',
             sigma_range for the Gaussians.
-        sigma_spatial: 0-dim tensor of keys' dtype and device.
+        sigma_spatial: 0-dim floating tensor on keys' device.
         kernel_size: odd window size k.
         variant: one of ``RANGE_VARIANTS``.
         padding_mode: the window's border handling: 'reflect' (FeatUp), 'zeros' or
             'replicate'.
 
     Returns:
-        (B, k*k, H, W) tensor of keys' dtype.
+        (B, k*k, H, W) tensor of keys' dtype; each gradient has its input's dtype.
     """
     op = 'normalized_range_kernel'
     _check_map(op, 'keys', keys)
-    if keys.dtype not in (torch.float32, torch.float64):
-        raise ValueError(f'{op}: keys must be float32 or float64 (cast half-precision keys to '
-                         f'float32), got {keys.dtype}')
     if variant not in RANGE_VARIANTS:
         raise ValueError(f'{op}: variant must be one of {RANGE_VARIANTS}, got {variant!r}')
     _check_window(op, kernel_size, padding_mode, keys.shape[2], keys.shape[3])
     for name, t in (('range_param', range_param), ('sigma_spatial', sigma_spatial)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f'{op}: {name} must be a torch.Tensor, got {type(t).__name__}')
-        if t.dim() != 0:
-            raise ValueError(f'{op}: {name} must be a 0-dim tensor, got shape {tuple(t.shape)}')
-        _check_same_place(op, name, t, 'keys', keys)
+        if t.dim() != 0 or not t.is_floating_point():
+            raise ValueError(f'{op}: {name} must be a 0-dim floating tensor, got shape '
+                             f'{tuple(t.shape)} and dtype {t.dtype}')
+        if t.device != keys.device:
+            raise ValueError(f'{op}: {name} is on {t.device} but keys is on {keys.device}; '
+                             'move both to the same device')
     if _use_ext(keys.device) and keys.device.type in _RANGE_KERNEL_DEVICES \
             and not torch.jit.is_tracing() and not torch.onnx.is_in_onnx_export():
         return _compiled_ops.normalized_range_kernel(keys, range_param, sigma_spatial,
