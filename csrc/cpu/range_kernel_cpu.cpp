@@ -14,7 +14,6 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
-#include <bit>
 #include <cstdint>
 #include <vector>
 
@@ -56,9 +55,10 @@ FEATUP_INLINE double vector_exp(double x) {
       1.0 / 479001600.0, 1.0 / 39916800.0, 1.0 / 3628800.0, 1.0 / 362880.0, 1.0 / 40320.0,
       1.0 / 5040.0, 1.0 / 720.0, 1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0};
   for (double c : kInverseFactorials) poly = poly * r + c;
-  const uint64_t exponent = (std::bit_cast<uint64_t>(t) - std::bit_cast<uint64_t>(kShift) +
-                             uint64_t(1023)) << 52;
-  const double result = poly * std::bit_cast<double>(exponent);
+  const uint64_t exponent =
+      (__builtin_bit_cast(uint64_t, t) - __builtin_bit_cast(uint64_t, kShift) + uint64_t(1023))
+      << 52;
+  const double result = poly * __builtin_bit_cast(double, exponent);
   return x < -708.0 ? 0.0 : result;
 }
 
@@ -73,8 +73,9 @@ FEATUP_INLINE float vector_exp(float x) {
                                            1.0f / 6.0f,   0.5f,          1.0f, 1.0f};
   for (float c : kInverseFactorials) poly = poly * r + c;
   const uint32_t exponent =
-      (std::bit_cast<uint32_t>(t) - std::bit_cast<uint32_t>(kShift) + uint32_t(127)) << 23;
-  const float result = poly * std::bit_cast<float>(exponent);
+      (__builtin_bit_cast(uint32_t, t) - __builtin_bit_cast(uint32_t, kShift) + uint32_t(127))
+      << 23;
+  const float result = poly * __builtin_bit_cast(float, exponent);
   return x < -87.0f ? 0.0f : result;
 }
 
