@@ -53,11 +53,16 @@ def conv1x1(x: torch.Tensor, weight: torch.Tensor, bias=None) -> torch.Tensor:
     batch, channels, height, width = x.shape
     if not takes_cpu_path(x.device):
         return F.conv2d(x, weight.reshape(weight.shape[0], channels, 1, 1), bias)
-    weight = weight.reshape(weight.shape[0], channels)
-    out = torch.bmm(weight.expand(batch, -1, -1), x.reshape(batch, channels, height * width))
-    if bias is not None:
-        # under autocast bmm returns the lower precision; the bias follows it, as in conv2d
+    weight = weight.reshape(weight.shape[0], channels).expand(batch, -1, -1)
+    flat = x.reshape(batch, channels, height * width)
+    if bias is None:
+        out = torch.bmm(weight, flat)
+    elif autocast_enabled('cpu'):
+        # bmm returns the lower precision; the bias follows it, as in conv2d
+        out = torch.bmm(weight, flat)
         out = out + bias.to(out.dtype)[:, None]
+    else:  # one op: the product accumulated onto the broadcast bias
+        out = torch.baddbmm(bias[:, None], weight, flat)
     return out.view(batch, -1, height, width)
 
 
