@@ -25,21 +25,6 @@ int64_t grain(int64_t row_cost) {
   return std::max<int64_t>(1, kMinTaskCost / std::max<int64_t>(row_cost, 1));
 }
 
-// window[p] = |Q~_p|^2 for the taps of (y, x) from the norms of one batch element (0 where
-// zero padding applies).
-template <typename scalar_t>
-void gather_window_norms(scalar_t* window, const scalar_t* norms, const WindowGeometry& g,
-                         int64_t y, int64_t x) {
-  const int64_t k = g.size();
-  for (int64_t i = 0; i < k; ++i) {
-    const int64_t sy = border_index(y + i - g.radius, g.height, g.mode);
-    for (int64_t j = 0; j < k; ++j) {
-      const int64_t sx = border_index(x + j - g.radius, g.width, g.mode);
-      window[i * k + j] = sy < 0 || sx < 0 ? scalar_t(0) : norms[sy * g.width + sx];
-    }
-  }
-}
-
 // The inputs both passes read.
 template <typename scalar_t>
 struct RangeArgs {
@@ -136,25 +121,20 @@ void backward_rows(scalar_t* dots, const scalar_t* grad, scalar_t* distance_grad
   }
 }
 
-// grad_keys += 2 Q * (the gradient of |Q|^2): its centre share (norm_grad) plus the
-// distance gradients of every tap that lands on the pixel, gathered through the border
-// mapping (window_landing_sum), rows [begin, end) of B * H.
+// grad_keys += 2 Q * (the gradient of |Q|^2: norm_gradient_share of the centre share
+// norm_grad), rows [begin, end) of B * H.
 template <typename scalar_t>
 void add_norm_gradient_rows(scalar_t* grad_keys, const scalar_t* keys,
                             const scalar_t* distance_grad, const scalar_t* norm_grad,
                             int64_t channels, const WindowGeometry& g, int64_t begin,
                             int64_t end) {
-  const int64_t plane = g.plane(), r = g.radius;
+  const int64_t plane = g.plane();
   for (int64_t index = begin; index < end; ++index) {
     const int64_t n = index / g.height, ys = index % g.height;
     const scalar_t* taps = distance_grad + n * g.taps() * plane;
     for (int64_t xs = 0; xs < g.width; ++xs) {
-      scalar_t share = norm_grad[n * plane + ys * g.width + xs];
-      for (int64_t y = std::max<int64_t>(ys - r, 0); y <= std::min(ys + r, g.height - 1); ++y) {
-        for (int64_t x = std::max<int64_t>(xs - r, 0); x <= std::min(xs + r, g.width - 1); ++x) {
-          share += window_landing_sum<scalar_t, scalar_t>(taps, g, y, x, ys, xs);
-        }
-      }
+      const scalar_t share =
+          norm_gradient_share(taps, norm_grad[n * plane + ys * g.width + xs], g, ys, xs);
       const int64_t at = n * channels * plane + ys * g.width + xs;
       for (int64_t c = 0; c < channels; ++c) {
         grad_keys[at + c * plane] += scalar_t(2) * keys[at + c * plane] * share;
