@@ -112,7 +112,7 @@ def make_extension():
                                               else DEFAULT_CUDA_ARCH_LIST)
     extra_compile_args['nvcc'] = ['-O3', '-lineinfo']
     cuda_sources = ['csrc/cuda/window_ops_cuda.cu', 'csrc/cuda/neighbourhood_attention_cuda.cu',
-                    'csrc/cuda/bicubic_resize_cuda.cu']
+                    'csrc/cuda/bicubic_resize_cuda.cu', 'csrc/cuda/range_kernel_cuda.cu']
     return CUDAExtension('featup_mmseg._ext', sources + cuda_sources,
                          define_macros=[('WITH_CUDA', None)],
                          extra_compile_args=extra_compile_args, **kwargs)

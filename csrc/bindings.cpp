@@ -1,7 +1,7 @@
-// Registers the window ops, the fused range kernel, the neighbourhood attention ops, the bicubic resize and the
-// (CPU-only) dropout ops with the PyTorch dispatcher (schemas, CPU and CUDA kernels) and
-// makes featup_mmseg._ext an importable Python module. Fake (meta) kernels and autograd
-// formulas are registered from Python in featup_mmseg/ops/window_ops.py.
+// Registers the window ops, the fused range kernel, the neighbourhood attention ops, the
+// bicubic resize and the (CPU-only) dropout ops with the PyTorch dispatcher (schemas, CPU
+// and CUDA kernels) and makes featup_mmseg._ext an importable Python module. Fake (meta)
+// kernels and autograd formulas are registered from Python in featup_mmseg/ops/window_ops.py.
 #include <torch/extension.h>
 #include <torch/library.h>
 
@@ -68,16 +68,15 @@ TORCH_LIBRARY(featup_mmseg, m) {
   m.impl("neighbourhood_attention_aggregate", &featup_mmseg::neighbourhood_attention_aggregate); \
   m.impl("neighbourhood_attention_transpose", &featup_mmseg::neighbourhood_attention_transpose); \
   m.impl("bicubic_resize", &featup_mmseg::bicubic_resize);                               \
-  m.impl("bicubic_resize_backward", &featup_mmseg::bicubic_resize_backward)
+  m.impl("bicubic_resize_backward", &featup_mmseg::bicubic_resize_backward);              \
+  m.impl("normalized_range_kernel", &featup_mmseg::normalized_range_kernel);             \
+  m.impl("normalized_range_kernel_backward", &featup_mmseg::normalized_range_kernel_backward)
 
 TORCH_LIBRARY_IMPL(featup_mmseg, CPU, m) {
   FEATUP_REGISTER_OPS(m);
   m.impl("bernoulli_out", &featup_mmseg::bernoulli_out);
   m.impl("masked_dot", &featup_mmseg::masked_dot);
   m.impl("masked_dot_backward", &featup_mmseg::masked_dot_backward);
-  // CPU kernels only: elsewhere featup_mmseg.ops composes the range kernel of the window ops
-  m.impl("normalized_range_kernel", &featup_mmseg::normalized_range_kernel);
-  m.impl("normalized_range_kernel_backward", &featup_mmseg::normalized_range_kernel_backward);
 }
 
 #ifdef WITH_CUDA

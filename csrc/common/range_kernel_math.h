@@ -2,8 +2,9 @@
 // pixel's k*k window dot products <Q_c, Q~_p> turned into its normalised taps
 //   K_p = R_p S_p / max(sum_q R_q S_q, 1e-7),
 // R the range kernel of the variant and S the spatial kernel, and back for the gradients.
-// The CPU launchers (cpu/range_kernel_cpu.cpp) call these per pixel; a pixel's taps are
-// `stride` elements apart (the H*W plane of a (B, k*k, H, W) map).
+// The CPU and CUDA launchers (cpu/range_kernel_cpu.cpp, cuda/range_kernel_cuda.cu) call
+// these per pixel; a pixel's taps are `stride` elements apart (the H*W plane of a
+// (B, k*k, H, W) map).
 #pragma once
 
 #include <cmath>
@@ -195,6 +196,38 @@ FEATUP_HOST_DEVICE acc_t normalized_range_pixel_backward(
     }
   }
   return centre_norm_grad;
+}
+
+// window[p] = |Q~_p|^2 for the taps of (y, x) from the norms (H, W) of one batch element (0
+// where zero padding applies).
+template <typename scalar_t>
+FEATUP_HOST_DEVICE void gather_window_norms(scalar_t* window, const scalar_t* norms,
+                                            const WindowGeometry& g, int64_t y, int64_t x) {
+  const int64_t k = g.size();
+  for (int64_t i = 0; i < k; ++i) {
+    const int64_t sy = border_index(y + i - g.radius, g.height, g.mode);
+    for (int64_t j = 0; j < k; ++j) {
+      const int64_t sx = border_index(x + j - g.radius, g.width, g.mode);
+      window[i * k + j] = sy < 0 || sx < 0 ? scalar_t(0) : norms[sy * g.width + sx];
+    }
+  }
+}
+
+// The gradient of |Q|^2 at (ys, xs) ('gaussian_euclidean'): its centre share plus the
+// distance gradients of every tap that lands on it, gathered through the border mapping.
+// distance_grad: the k*k planes of one batch element.
+template <typename scalar_t>
+FEATUP_HOST_DEVICE scalar_t norm_gradient_share(const scalar_t* distance_grad,
+                                                scalar_t centre_share, const WindowGeometry& g,
+                                                int64_t ys, int64_t xs) {
+  const int64_t r = g.radius;
+  scalar_t share = centre_share;
+  for (int64_t y = ys - r > 0 ? ys - r : 0; y <= ys + r && y < g.height; ++y) {
+    for (int64_t x = xs - r > 0 ? xs - r : 0; x <= xs + r && x < g.width; ++x) {
+      share += window_landing_sum<scalar_t, scalar_t>(distance_grad, g, y, x, ys, xs);
+    }
+  }
+  return share;
 }
 
 }  // namespace featup_mmseg

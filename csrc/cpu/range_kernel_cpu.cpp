@@ -367,25 +367,20 @@ FEATUP_SIMD_CLONES void backward_rows(const BackwardOut<double>& o,
   backward_rows_impl(o, args, begin, end);
 }
 
-// grad_keys += 2 Q * (the gradient of |Q|^2): its centre share (norm_grad) plus the
-// distance gradients of every tap that lands on the pixel, gathered through the border
-// mapping (window_landing_sum), rows [begin, end) of B * H.
+// grad_keys += 2 Q * (the gradient of |Q|^2: norm_gradient_share of the centre share
+// norm_grad), rows [begin, end) of B * H.
 template <typename scalar_t>
 void add_norm_gradient_rows(scalar_t* grad_keys, const scalar_t* keys,
                             const scalar_t* distance_grad, const scalar_t* norm_grad,
                             int64_t channels, const WindowGeometry& g, int64_t begin,
                             int64_t end) {
-  const int64_t plane = g.plane(), r = g.radius;
+  const int64_t plane = g.plane();
   for (int64_t index = begin; index < end; ++index) {
     const int64_t n = index / g.height, ys = index % g.height;
     const scalar_t* taps = distance_grad + n * g.taps() * plane;
     for (int64_t xs = 0; xs < g.width; ++xs) {
-      scalar_t share = norm_grad[n * plane + ys * g.width + xs];
-      for (int64_t y = std::max<int64_t>(ys - r, 0); y <= std::min(ys + r, g.height - 1); ++y) {
-        for (int64_t x = std::max<int64_t>(xs - r, 0); x <= std::min(xs + r, g.width - 1); ++x) {
-          share += window_landing_sum<scalar_t, scalar_t>(taps, g, y, x, ys, xs);
-        }
-      }
+      const scalar_t share =
+          norm_gradient_share(taps, norm_grad[n * plane + ys * g.width + xs], g, ys, xs);
       const int64_t at = n * channels * plane + ys * g.width + xs;
       for (int64_t c = 0; c < channels; ++c) {
         grad_keys[at + c * plane] += scalar_t(2) * keys[at + c * plane] * share;

@@ -91,7 +91,7 @@ _HAS_CUDA_KERNELS = _HAS_EXT and _ext.compiled_with_cuda()
 
 def _devices_with_kernel(name: str) -> tuple:
     """The device types ('cpu', 'cuda') for which the extension has a kernel of op ``name``
-    (the fused range kernel has CPU kernels only)."""
+    (CUDA only where the extension was built with its CUDA kernels)."""
     if not _HAS_EXT:
         return ()
     return tuple(device for device, key in (('cpu', 'CPU'), ('cuda', 'CUDA'))
@@ -99,6 +99,9 @@ def _devices_with_kernel(name: str) -> tuple:
 
 
 _RANGE_KERNEL_DEVICES = _devices_with_kernel('normalized_range_kernel')
+# The CUDA range kernel keeps a pixel's taps in per-thread arrays of a fixed size; larger
+# windows take the composition of the window ops.
+_MAX_CUDA_RANGE_KERNEL_SIZE = 15
 _warned_devices = set()
 # Process-wide, not per thread: autograd runs CUDA backward passes, and the recomputation
 # of checkpointed code within them, in threads of its own, which must run the same ops.
@@ -426,9 +429,9 @@ def normalized_range_kernel(keys: torch.Tensor, range_param: torch.Tensor,
 
     With the compiled extension (CPU, and CUDA where built with it) one kernel forward and
     one backward (the gradients of keys and both parameters together) instead of about 30
-    ops; without it, under torch.jit.trace and in ONNX export (whose exporters translate the
-    window ops), the same composition of the window ops
-    (:func:`normalized_range_kernel_reference` over :func:`window_correlation`). Gradients
+    ops; without it, on CUDA for kernel_size above 15, under torch.jit.trace and in ONNX
+    export (whose exporters translate the window ops), the same composition of the window
+    ops (:func:`normalized_range_kernel_reference` over :func:`window_correlation`). Gradients
     of any order: the first through the backward kernel; where the backward itself is
     differentiated (create_graph), it recomputes the composition and differentiates that.
 
@@ -461,6 +464,7 @@ def normalized_range_kernel(keys: torch.Tensor, range_param: torch.Tensor,
             raise ValueError(f'{op}: {name} is on {t.device} but keys is on {keys.device}; '
                              'move both to the same device')
     if _use_ext(keys.device) and keys.device.type in _RANGE_KERNEL_DEVICES \
+            and (keys.device.type != 'cuda' or kernel_size <= _MAX_CUDA_RANGE_KERNEL_SIZE) \
             and not torch.jit.is_tracing() and not torch.onnx.is_in_onnx_export():
         return _compiled_ops.normalized_range_kernel(keys, range_param, sigma_spatial,
                                                      kernel_size, variant, padding_mode)
