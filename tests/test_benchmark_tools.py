@@ -56,6 +56,19 @@ def test_benchmark_attention_forms_compute_the_same(shape):
             torch.testing.assert_close(ours, other, rtol=1e-4, atol=1e-5)
 
 
+def test_benchmark_ops_reports_range_kernel_ratios():
+    result = subprocess.run([
+        sys.executable, str(ROOT / 'tools' / 'benchmark_ops.py'), '--device', 'cpu',
+        '--part', 'range', '--quick', '--repeats', '1'
+    ], capture_output=True, text=True, timeout=300, env={**os.environ, 'OMP_NUM_THREADS': '1'})
+    assert result.returncode == 0, result.stderr
+    out, number = result.stdout, r'\s+[\d.]+'
+    for variant in ('softmax', 'gaussian_euclidean', 'gaussian_cosine'):
+        assert re.search(rf'{variant}\s+\(1, 8, 32, 32, 7\)\s+fused{number * 2}\n'
+                         rf'{variant}\s+\(1, 8, 32, 32, 7\)\s+composition{number * 2}\n'
+                         rf'\s+ratio{number}x{number}x\n', out), out
+
+
 def test_benchmark_ops_reports_attention_ratios():
     # A budget between the unfold form's rough peak at x2 and at x4 (about 0.06 and 0.24
     # MiB; ours and dense need 0.05 at x4): unfold is skipped at x4, its ratios shown as '-'.

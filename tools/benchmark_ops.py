@@ -32,9 +32,18 @@ Shapes: 28 x 28 features, C = 384, to 56, 224 and 448 (x2, x8, x16), NAF's 4 hea
 d = 64 and k = 9, batch 1. A form whose rough peak exceeds the budget (on CPU
 --reference-budget-gb, on CUDA the device's memory) is skipped and shown as '-'.
 
+Part 'range': a JBU stage's range kernel, spatial kernel and normalisation from keys
+(B, D = 32, H, W) and its two parameters, forward and backward (gradients of keys and
+parameters), for each range kernel: the fused op (normalized_range_kernel) against the
+composition of the compiled window ops it replaces (normalized_range_kernel_reference
+over window_correlation), interleaved in one process; shapes (B, D, H, W, k) = the finest
+stages of a SegFormer-B1 head (2, 32, 128, 128, 7) and of FeatUp's JBUStack
+(1, 32, 224, 224, 7).
+
     python tools/benchmark_ops.py                   # CPU, and CUDA when available
     python tools/benchmark_ops.py --device cpu --quick
     python tools/benchmark_ops.py --part attention --reference-budget-gb 40
+    python tools/benchmark_ops.py --part range --device cpu
 """
 import argparse
 import contextlib
@@ -72,6 +81,10 @@ QUICK_ATTENTION_SHAPES = [(1, 4, 64, 384, 10, 10 * ratio, 9) for ratio in (2, 4,
 # form -> the implementation measure() runs ('reference': under use_reference_ops())
 ATTENTION_FORMS = {'ours': 'compiled', 'dense': 'dense', 'unfold': 'reference'}
 ATTENTION_BORDER = 'shift'  # NAF's window; the dense mask equals it (no repeated cells)
+
+# Part 'range': (B, D, H, W, k) of the keys
+RANGE_SHAPES = [(2, 32, 128, 128, 7), (1, 32, 224, 224, 7)]
+QUICK_RANGE_SHAPES = [(1, 8, 32, 32, 7)]
 
 
 def op_shape(op, shape):
@@ -363,6 +376,39 @@ def run_attention_part(device, shapes, repeats, budget_bytes):
             print(f'{"":<36}{"vs " + form:<11}{ratios[0]:>10}{ratios[1]:>12}{ratios[2]:>11}')
 
 
+def run_range_part(device, shapes, repeats):
+    print('\nJBU range kernel (range kernel x spatial kernel, normalised), keys (B, D, H, W), '
+          'forward and backward; ratio: speed-up of the fused op over the composition')
+    print(f'{"variant":<20}{"shape":<24}{"impl":<13}{"fwd ms":>10}{"bwd ms":>10}')
+    for shape in shapes:
+        batch, dim, height, width, k = shape
+        gen = torch.Generator().manual_seed(0)
+        keys = torch.randn(batch, dim, height, width, generator=gen).to(device)
+        grad = torch.randn(batch, k * k, height, width, generator=gen).to(device)
+        for variant in ops.RANGE_VARIANTS:
+            inputs = [torch.nn.functional.normalize(keys, dim=1)
+                      if variant == 'gaussian_cosine' else keys.clone(),
+                      torch.tensor(0.0, device=device), torch.tensor(1.0, device=device)]
+            inputs = [t.requires_grad_() for t in inputs]
+            forms = {
+                'fused': lambda: ops.normalized_range_kernel(*inputs, k, variant),
+                'composition': lambda: ops.normalized_range_kernel_reference(
+                    *inputs, k, variant, correlation=ops.window_correlation)}
+            times = {name: ([], []) for name in forms}
+            for _ in range(repeats + 1):  # interleaved; the first round warms up
+                for name, forward in forms.items():
+                    fwd, bwd = times[name]
+                    fwd.append(time_ms(device, forward))
+                    bwd.append(time_ms(device, lambda out: out.backward(grad), setup=forward))
+            medians = {name: (statistics.median(f[1:]), statistics.median(b[1:]))
+                       for name, (f, b) in times.items()}
+            for name, (fwd, bwd) in medians.items():
+                print(f'{variant:<20}{str(shape):<24}{name:<13}{fwd:>10.2f}{bwd:>10.2f}')
+            (fused_fwd, fused_bwd), (comp_fwd, comp_bwd) = medians.values()
+            print(f'{"":<44}{"ratio":<13}{comp_fwd / fused_fwd:>9.2f}x'
+                  f'{comp_bwd / fused_bwd:>9.2f}x', flush=True)
+
+
 def parse_shapes(text):
     """'1,2,3;4,5,6' -> [(1, 2, 3), (4, 5, 6)]."""
     return [tuple(int(v) for v in s.split(',')) for s in text.split(';')]
@@ -371,12 +417,14 @@ def parse_shapes(text):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--device', choices=['cpu', 'cuda', 'all'], default='all')
-    parser.add_argument('--part', choices=['window', 'attention', 'all'], default='all',
+    parser.add_argument('--part', choices=['window', 'attention', 'range', 'all'],
+                        default='all',
                         help="'window': the window ops and JBU modules; 'attention': the "
-                        'cross-scale neighbourhood attention forms')
+                        "cross-scale neighbourhood attention forms; 'range': the fused JBU "
+                        'range kernel against its composition')
     parser.add_argument('--quick', action='store_true',
                         help=f'one op shape {QUICK_SHAPES[0]}, no module cases, attention '
-                        f'shapes {QUICK_ATTENTION_SHAPES}')
+                        f'shapes {QUICK_ATTENTION_SHAPES}, range shapes {QUICK_RANGE_SHAPES}')
     parser.add_argument('--shapes', type=str, default=None,
                         help='semicolon-separated B,C,H,W,k op shapes, e.g. "2,16,32,32,7"')
     parser.add_argument('--attention-shapes', type=str, default=None,
@@ -420,6 +468,9 @@ def main():
             budget_bytes = args.reference_budget_gb * 2**30 if device == 'cpu' else \
                 torch.cuda.get_device_properties(device).total_memory
             run_attention_part(device, attention_shapes, repeats, budget_bytes)
+        if args.part in ('range', 'all'):
+            run_range_part(device, QUICK_RANGE_SHAPES if args.quick else RANGE_SHAPES,
+                           repeats)
 
 
 if __name__ == '__main__':
