@@ -37,6 +37,23 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> normalized_range_kernel_backward(
       const at::Tensor& sigma_spatial, RangeVariant variant, at::Tensor& grad_keys,           \
       at::Tensor& grad_range_param, at::Tensor& grad_sigma_spatial, const WindowGeometry& g)
 
+// The window dot products of keys into dots (B, k*k, H, W), by the device's correlation
+// launcher (window_ops.h), which needs channels.
+inline void window_dots(const at::Tensor& keys, at::Tensor& dots, const WindowGeometry& g,
+                        void (*correlate)(const at::Tensor&, const at::Tensor&, at::Tensor&,
+                                          const WindowGeometry&)) {
+  if (keys.size(1) == 0) {
+    dots.zero_();
+  } else {
+    correlate(keys, keys, dots, g);
+  }
+}
+
+// |Q|^2 (B, 1, H, W) for 'gaussian_euclidean', summed as the unfused composition sums it.
+inline at::Tensor squared_norms(const at::Tensor& keys, RangeVariant variant) {
+  return variant == RangeVariant::GaussianEuclidean ? keys.square().sum(1, true) : at::Tensor();
+}
+
 FEATUP_RANGE_KERNEL_LAUNCHERS(cpu);
 #ifdef WITH_CUDA
 FEATUP_RANGE_KERNEL_LAUNCHERS(cuda);

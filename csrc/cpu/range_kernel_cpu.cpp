@@ -389,20 +389,6 @@ void add_norm_gradient_rows(scalar_t* grad_keys, const scalar_t* keys,
   }
 }
 
-// The window dot products of keys into dots (B, k*k, H, W).
-void window_dots(const at::Tensor& keys, at::Tensor& dots, const WindowGeometry& g) {
-  if (keys.size(1) == 0) {  // no channels: the launcher needs some
-    dots.zero_();
-  } else {
-    window_correlate_cpu(keys, keys, dots, g);
-  }
-}
-
-// |Q|^2 (B, 1, H, W) for 'gaussian_euclidean', summed as the unfused composition sums it.
-at::Tensor squared_norms(const at::Tensor& keys, RangeVariant variant) {
-  return variant == RangeVariant::GaussianEuclidean ? keys.square().sum(1, true) : at::Tensor();
-}
-
 // The scale and the spatial kernel from the parameters (CPU tensors: read directly).
 template <typename scalar_t>
 RangeArgs<scalar_t> range_args(const at::Tensor& norms, const at::Tensor& range_param,
@@ -420,7 +406,7 @@ RangeArgs<scalar_t> range_args(const at::Tensor& norms, const at::Tensor& range_
 void normalized_range_kernel_cpu(const at::Tensor& keys, const at::Tensor& range_param,
                                  const at::Tensor& sigma_spatial, RangeVariant variant,
                                  at::Tensor& out, const WindowGeometry& g) {
-  window_dots(keys, out, g);
+  window_dots(keys, out, g, &window_correlate_cpu);
   const at::Tensor norms = squared_norms(keys, variant);
   AT_DISPATCH_FLOATING_TYPES(keys.scalar_type(), "normalized_range_kernel_cpu", [&] {
     std::vector<scalar_t> spatial;
@@ -440,7 +426,7 @@ void normalized_range_kernel_backward_cpu(const at::Tensor& grad, const at::Tens
                                           const WindowGeometry& g) {
   const int64_t batch = keys.size(0), rows = batch * g.height, taps = g.taps();
   at::Tensor dots = at::empty({batch, taps, g.height, g.width}, keys.options());
-  window_dots(keys, dots, g);
+  window_dots(keys, dots, g, &window_correlate_cpu);
   const at::Tensor norms = squared_norms(keys, variant);
   const bool euclidean = variant == RangeVariant::GaussianEuclidean;
   at::Tensor distance_grad = euclidean ? at::empty_like(dots) : at::Tensor();

@@ -184,20 +184,6 @@ void check_kernel_size(const WindowGeometry& g) {
               "kernel_size up to ", kMaxKernelSize, ", got ", g.size());
 }
 
-// The window dot products of keys into dots (B, k*k, H, W).
-void window_dots(const at::Tensor& keys, at::Tensor& dots, const WindowGeometry& g) {
-  if (keys.size(1) == 0) {  // no channels: the launcher needs some
-    dots.zero_();
-  } else {
-    window_correlate_cuda(keys, keys, dots, g);
-  }
-}
-
-// |Q|^2 (B, 1, H, W) for 'gaussian_euclidean', summed as the unfused composition sums it.
-at::Tensor squared_norms(const at::Tensor& keys, RangeVariant variant) {
-  return variant == RangeVariant::GaussianEuclidean ? keys.square().sum(1, true) : at::Tensor();
-}
-
 template <typename scalar_t>
 const scalar_t* data_or_null(const at::Tensor& t) {
   return t.defined() ? t.const_data_ptr<scalar_t>() : nullptr;
@@ -215,7 +201,7 @@ void normalized_range_kernel_cuda(const at::Tensor& keys, const at::Tensor& rang
                                   at::Tensor& out, const WindowGeometry& g) {
   check_kernel_size(g);
   const c10::cuda::CUDAGuard device_guard(keys.device());
-  window_dots(keys, out, g);
+  window_dots(keys, out, g, &window_correlate_cuda);
   const at::Tensor norms = squared_norms(keys, variant);
   const int64_t pixels = keys.size(0) * g.plane();
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
@@ -241,7 +227,7 @@ void normalized_range_kernel_backward_cuda(const at::Tensor& grad, const at::Ten
   const c10::cuda::CUDAGuard device_guard(keys.device());
   const int64_t batch = keys.size(0), taps = g.taps(), pixels = batch * g.plane();
   at::Tensor dots = at::empty({batch, taps, g.height, g.width}, keys.options());
-  window_dots(keys, dots, g);
+  window_dots(keys, dots, g, &window_correlate_cuda);
   const at::Tensor norms = squared_norms(keys, variant);
   const bool euclidean = variant == RangeVariant::GaussianEuclidean;
   at::Tensor distance_grad = euclidean ? at::empty_like(dots) : at::Tensor();
