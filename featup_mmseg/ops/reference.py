@@ -64,13 +64,14 @@ def normalized_range_kernel_reference(keys: torch.Tensor, range_param: torch.Ten
                                       sigma_spatial: torch.Tensor, kernel_size: int = 7,
                                       variant: str = 'softmax', padding_mode: str = 'reflect',
                                       correlation=window_correlation_reference) -> torch.Tensor:
-    """K = R * S / clamp(sum_p R * S, min=1e-7), S = :func:`spatial_kernel` of
+    """``K = R * S / clamp(sum_p R * S, min=1e-7)``, S = :func:`spatial_kernel` of
     ``sigma_spatial`` and R the range kernel of ``variant`` over the window dot products
-    <Q_c, Q~_p> of the keys, with scale = :func:`range_scale` of ``range_param``:
+    ``<Q_c, Q~_p>`` of the keys, with scale = :func:`range_scale` of ``range_param``:
 
-    - 'softmax': softmax over the taps of scale * <Q_c, Q~_p>;
-    - 'gaussian_euclidean': exp(-scale * clamp_min(|Q_c|^2 + |Q~_p|^2 - 2 <Q_c, Q~_p>, 0));
-    - 'gaussian_cosine': exp(-scale * (1 - <Q_c, Q~_p>)), for unit keys.
+    - 'softmax': softmax over the taps of ``scale * <Q_c, Q~_p>``;
+    - 'gaussian_euclidean':
+      ``exp(-scale * clamp_min(|Q_c|^2 + |Q~_p|^2 - 2 <Q_c, Q~_p>, 0))``;
+    - 'gaussian_cosine': ``exp(-scale * (1 - <Q_c, Q~_p>))``, for unit keys.
 
     Computed in float64 for float64 keys, else in float32 (half-precision keys feed a sharp
     softmax or exponential), the result in the keys' dtype.
