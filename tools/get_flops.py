@@ -53,6 +53,12 @@ def aggregation_flops(inputs, outputs):
     return math.prod(get_shape(outputs[0])) * get_shape(inputs[0])[1]
 
 
+def baddbmm_flops(inputs, outputs):
+    """input + batch1 @ batch2 for batch1 (B, n, m), batch2 (B, m, p): B n m p multiply-adds
+    (the sum with input is elementwise, as in mmengine's addmm count)."""
+    return math.prod(get_shape(inputs[1])) * get_shape(inputs[2])[-1]
+
+
 OP_HANDLES = {
     'featup_mmseg::adaptive_conv': adaptive_conv_flops,
     'featup_mmseg::window_correlation': correlation_flops,
@@ -60,6 +66,8 @@ OP_HANDLES = {
     'featup_mmseg::neighbourhood_attention_scores': correlation_flops,
     'featup_mmseg::neighbourhood_attention_aggregate': aggregation_flops,
     'aten::upsample_bicubic2d': elementwise_flop_counter(0, 16),
+    # the CPU path's 1x1 convolutions with a bias (featup_mmseg.layers.jbu_stage.conv1x1)
+    'aten::baddbmm': baddbmm_flops,
 }
 
 
