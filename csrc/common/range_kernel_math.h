@@ -2,9 +2,10 @@
 // pixel's k*k window dot products <Q_c, Q~_p> turned into its normalised taps
 //   K_p = R_p S_p / max(sum_q R_q S_q, 1e-7),
 // R the range kernel of the variant and S the spatial kernel, and back for the gradients.
-// The CPU and CUDA launchers (cpu/range_kernel_cpu.cpp, cuda/range_kernel_cuda.cu) call
-// these per pixel; a pixel's taps are `stride` elements apart (the H*W plane of a
-// (B, k*k, H, W) map).
+// The CUDA launchers (cuda/range_kernel_cuda.cu) call the per-pixel functions, a pixel's
+// taps `stride` elements apart (the H*W plane of a (B, k*k, H, W) map); the CPU launchers
+// (cpu/range_kernel_cpu.cpp) share the parameter functions and run the same per-pixel
+// math laid out a row of pixels at a time, for vectorisation.
 #pragma once
 
 #include <cmath>
